@@ -1,0 +1,1 @@
+"""Readers for published feature files and merc's own on-disk format."""

@@ -1,0 +1,164 @@
+"""The dataset registry: one place for every dataset's facts and loader.
+
+A dataset is registered by name with :func:`register_dataset`; :func:`load_dataset`
+builds it, attaches text features on first use (cached), keeps the requested
+modalities and validates it. Label names, modalities and dims are read from the loaded
+:class:`~merc.data.schema.MercDataset`, never copied into a model or trainer.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from merc.data.schema import MercDataset, parse_modalities
+from merc.errors import ConfigError, DataError
+
+#: A loader gets the data root (``None`` for datasets that need none) and keyword
+#: options, and returns a dataset whose conversations carry texts and/or features.
+Loader = Callable[..., MercDataset]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What the registry knows about a dataset before loading it.
+
+    Attributes:
+        name: Registry name.
+        loader: Builds the dataset (see :data:`Loader`).
+        description: One paragraph; must say if any features are generated.
+        modalities: Modalities the dataset can provide (text may be computed).
+        needs_data_root: Whether the loader reads files under the data root.
+    """
+
+    name: str
+    loader: Loader
+    description: str
+    modalities: tuple[str, ...]
+    needs_data_root: bool = True
+
+
+_DATASETS: dict[str, DatasetSpec] = {}
+
+
+def register_dataset(
+    name: str, description: str, modalities: str = "t", needs_data_root: bool = True
+) -> Callable[[Loader], Loader]:
+    """Decorator registering a loader under ``name``."""
+
+    def deco(fn: Loader) -> Loader:
+        if name in _DATASETS:
+            raise ValueError(f"dataset {name!r} registered twice")
+        _DATASETS[name] = DatasetSpec(name, fn, description, parse_modalities(modalities), needs_data_root)
+        return fn
+
+    return deco
+
+
+def list_datasets() -> list[str]:
+    _import_builtin_datasets()
+    return sorted(_DATASETS)
+
+
+def get_dataset_spec(name: str) -> DatasetSpec:
+    _import_builtin_datasets()
+    if name not in _DATASETS:
+        raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(sorted(_DATASETS))} (see `merc datasets`)")
+    return _DATASETS[name]
+
+
+def _import_builtin_datasets() -> None:
+    # Importing the modules runs their @register_dataset decorators.
+    from merc.data import corpora, synthetic  # noqa: F401
+
+
+def repo_root() -> Path:
+    """The checkout root when merc runs from a source tree (``src/merc/..``)."""
+    return Path(__file__).resolve().parents[3]
+
+
+def resolve_data_root(data_root: str | os.PathLike[str] | None = None) -> Path:
+    """The folder holding ``iemocap/`` and ``meld/``.
+
+    Looks at, in order: the ``data_root`` argument (``--data-root``), ``$MERC_DATA_ROOT``,
+    and ``../shared/data`` beside the checkout.
+
+    Raises:
+        DataError: none of them exists.
+    """
+    candidates: list[tuple[str, Path]] = []
+    if data_root is not None:
+        candidates.append(("--data-root", Path(data_root)))
+    elif os.environ.get("MERC_DATA_ROOT"):
+        candidates.append(("MERC_DATA_ROOT", Path(os.environ["MERC_DATA_ROOT"])))
+    else:
+        candidates.append(("default", repo_root().parent / "shared" / "data"))
+    source, path = candidates[0]
+    if not path.is_dir():
+        raise DataError(
+            f"data root not found: {path} ({source}); pass --data-root DIR or set MERC_DATA_ROOT "
+            "to the folder that holds iemocap/ and meld/"
+        )
+    return path
+
+
+def load_dataset(
+    name: str,
+    modalities: str | tuple[str, ...] | None = None,
+    data_root: str | os.PathLike[str] | None = None,
+    text_encoder: str | None = None,
+    validate: bool = True,
+    show_progress: bool = True,
+    **options: Any,
+) -> MercDataset:
+    """Build a registered dataset with the requested modalities' features attached.
+
+    Args:
+        name: Registry name (``merc datasets`` lists them).
+        modalities: e.g. ``"tav"``; ``None`` keeps every modality the loader attached
+            and attaches no computed text features (annotations only, fast).
+        data_root: See :func:`resolve_data_root`; ignored by datasets that need none.
+        text_encoder: Sentence encoder for computed text features (default MiniLM).
+        validate: Run :meth:`MercDataset.validate`.
+        **options: Loader-specific options (e.g. ``seed`` for synthetic data).
+
+    Raises:
+        ConfigError: unknown dataset.
+        DataError: missing files, unavailable modality or invalid data.
+    """
+    spec = get_dataset_spec(name)
+    root = resolve_data_root(data_root) if spec.needs_data_root else None
+    dataset = spec.loader(root, **options) if spec.needs_data_root else spec.loader(**options)
+    if modalities is not None:
+        mods = parse_modalities(modalities)
+        if "t" in mods and "t" not in dataset.modalities:
+            attach_text_features(dataset, text_encoder=text_encoder, show_progress=show_progress)
+        dataset = dataset.with_modalities(mods)
+    if validate:
+        dataset.validate()
+    return dataset
+
+
+def attach_text_features(
+    dataset: MercDataset, text_encoder: str | None = None, show_progress: bool = True
+) -> None:
+    """Compute (or read from cache) sentence embeddings of every transcript, in place."""
+    from merc.features.text import DEFAULT_TEXT_ENCODER, cached_text_features
+
+    convs = list(dataset.conversations())
+    if any(c.texts is None for c in convs):
+        raise DataError(f"dataset {dataset.name!r} has no transcripts to compute text features from")
+    texts = [t for c in convs for t in c.texts or []]
+    feats = cached_text_features(
+        dataset.meta.get("text_cache_key", dataset.name), texts,
+        encoder=text_encoder or DEFAULT_TEXT_ENCODER, show_progress=show_progress,
+    )
+    offsets = np.cumsum([0] + [len(c) for c in convs])
+    for conv, start, end in zip(convs, offsets[:-1], offsets[1:]):
+        conv.features["t"] = feats[start:end]
+    dataset.modalities = tuple(m for m in ("t", "a", "v") if m == "t" or m in dataset.modalities)

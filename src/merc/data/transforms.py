@@ -1,0 +1,64 @@
+"""Dataset-level feature transforms, fitted on the training split only.
+
+Sentence embeddings such as MiniLM's are L2-normalised (each dimension ~ +-0.05); with
+Adam's per-step update size, weights would need thousands of steps to reach a useful
+scale. Per-dimension standardisation with training-split statistics fixes that without
+leaking validation or test information.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from merc.data.schema import MODALITIES, MercDataset
+
+
+def feature_statistics(dataset: MercDataset, modality: str, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std ``[d]`` of a modality over the *available* utterances of ``split``."""
+    col = MODALITIES.index(modality)
+    rows = []
+    for conv in dataset.conversations(split):
+        feats = conv.features[modality]
+        if conv.availability is not None:
+            feats = feats[np.asarray(conv.availability, dtype=bool)[:, col]]
+        rows.append(feats)
+    stacked = np.concatenate(rows) if rows else np.zeros((0, dataset.dims[modality]), np.float32)
+    if stacked.shape[0] == 0:
+        d = dataset.dims[modality]
+        return np.zeros(d, np.float32), np.ones(d, np.float32)
+    return stacked.mean(0).astype(np.float32), stacked.std(0).astype(np.float32)
+
+
+def standardize_features(
+    dataset: MercDataset, modalities: Sequence[str] | None = None, split: str = "train", eps: float = 1e-6
+) -> MercDataset:
+    """A copy with each modality z-scored by ``split`` statistics; missing entries stay 0.
+
+    Args:
+        dataset: Dataset with features attached.
+        modalities: Which to transform (default: all attached).
+        split: The split whose statistics are used (train: nothing leaks).
+        eps: Added to the std so constant dimensions do not divide by zero.
+    """
+    mods = tuple(modalities) if modalities is not None else dataset.modalities
+    stats = {m: feature_statistics(dataset, m, split) for m in mods}
+    splits = {}
+    for name, convs in dataset.splits.items():
+        new_convs = []
+        for conv in convs:
+            feats = dict(conv.features)
+            for m in mods:
+                mean, std = stats[m]
+                z = ((conv.features[m] - mean) / (std + eps)).astype(np.float32)
+                if conv.availability is not None:
+                    # Missing features stay exactly zero so models can still tell them apart.
+                    z[~np.asarray(conv.availability, dtype=bool)[:, MODALITIES.index(m)]] = 0.0
+                feats[m] = z
+            new_convs.append(conv.replace(features=feats))
+        splits[name] = new_convs
+    meta = dict(dataset.meta, standardized=list(mods))
+    out = MercDataset(name=dataset.name, label_names=dataset.label_names, splits=splits, modalities=dataset.modalities,
+                      speaker_vocab=dataset.speaker_vocab, description=dataset.description, meta=meta)
+    return out

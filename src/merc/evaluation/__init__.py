@@ -1,0 +1,1 @@
+"""Metrics, multi-seed aggregation and reports."""

@@ -1,0 +1,1 @@
+"""Offline feature extractors writing cached feature files."""

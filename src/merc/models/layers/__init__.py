@@ -1,0 +1,1 @@
+"""Shared building blocks, one concept per file."""

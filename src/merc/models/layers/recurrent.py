@@ -1,0 +1,63 @@
+"""Contextual recurrent encoder over the utterances of padded dialogues."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from merc.errors import resolve_choice
+
+_RNNS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU}
+
+
+class DialogueRNN(nn.Module):
+    """A (bi)directional LSTM/GRU run over each dialogue's utterances.
+
+    Padding never reaches the recurrence (packed sequences), so a dialogue's output does
+    not depend on how long the other dialogues in its batch are.
+
+    Args:
+        input_size: Utterance feature dim ``d``.
+        hidden_size: Hidden units per direction ``h``.
+        num_layers: Stacked layers.
+        cell: ``"lstm"`` or ``"gru"``.
+        bidirectional: Read the dialogue in both directions (bc-LSTM) or only forward.
+        dropout: Dropout between stacked layers.
+
+    Shapes:
+        - input: ``[B, T, d]`` and lengths ``[B]``
+        - output: ``[B, T, h * (2 if bidirectional else 1)]``, zero at padding
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        cell: str = "lstm",
+        bidirectional: bool = True,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        rnn_cls = _RNNS[resolve_choice("recurrent cell", cell, list(_RNNS))]
+        self.rnn = rnn_cls(
+            input_size, hidden_size, num_layers=num_layers, batch_first=True,
+            bidirectional=bidirectional, dropout=dropout if num_layers > 1 else 0.0,
+        )
+        self.output_size = hidden_size * (2 if bidirectional else 1)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = self.rnn(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+        return out
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int = 1) -> Tensor:
+    """Mean of ``x`` over ``dim`` counting only positions where ``mask`` is true."""
+    m = mask.unsqueeze(-1).to(x.dtype)
+    return (x * m).sum(dim) / m.sum(dim).clamp_min(1.0)
+
+
+__all__ = ["DialogueRNN", "masked_mean", "torch"]

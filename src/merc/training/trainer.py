@@ -1,0 +1,396 @@
+"""The one trainer for every merc model.
+
+- Optimiser, schedule, gradient clipping and early stopping from :class:`TrainConfig`.
+- Model selection on the validation split only (weighted F1 by default); the test split
+  is evaluated once, with the selected weights, by :meth:`Trainer.test`.
+- A checkpoint is written atomically after every epoch (model, optimiser, schedule,
+  RNG, plug-in state, best weights, history); a killed run resumes where it stopped.
+- Plug-in hooks (:class:`merc.training.plugins.base.TrainerPlugin`) at fit start, epoch
+  start (curricula choose dialogues), loss reduction (self-paced weights), between
+  ``backward()`` and ``optimizer.step()`` (gradient modulation), batch and epoch end.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from merc.data.batching import IGNORE_INDEX, ConversationTensors, iterate_batches
+from merc.errors import ConfigError, resolve_choice
+from merc.evaluation.metrics import classification_metrics
+from merc.models.base import MercModel
+from merc.training.plugins.base import TrainerPlugin
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+BEST_WEIGHTS = "best.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Training hyper-parameters (the ``training`` section of a recipe).
+
+    Args:
+        epochs: Maximum number of epochs.
+        batch_size: Dialogues per batch.
+        lr: Learning rate.
+        weight_decay: L2 penalty (AdamW: decoupled).
+        optimizer: ``adam``, ``adamw`` or ``sgd``.
+        momentum: SGD momentum.
+        scheduler: ``none``, ``cosine``, ``step`` or ``plateau`` (on the selection metric).
+        step_size: Epochs per decay for ``step``.
+        gamma: Decay factor for ``step`` / ``plateau``.
+        warmup_epochs: Linear warm-up epochs before the schedule.
+        clip_grad_norm: Max global gradient norm; 0 disables clipping.
+        patience: Early stopping after this many epochs without a better validation
+            score; 0 disables early stopping.
+        selection_metric: Validation metric that selects the checkpoint.
+        class_weighted_loss: Weight the cross-entropy by inverse class frequency.
+        eval_batch_size: Dialogues per batch at evaluation.
+        device: ``cpu``, ``cuda``, ``cuda:1`` ...
+        seed: Seed of parameters, shuffling and dropout.
+        num_threads: PyTorch intra-op threads; 0 leaves PyTorch's default. merc's
+            default is 1: these models are small, and on a 2-core machine with any other
+            load, OpenMP threads spinning against each other made epochs 20-40x slower.
+        show_progress: Progress bar over epochs.
+    """
+
+    epochs: int = 60
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    scheduler: str = "none"
+    step_size: int = 10
+    gamma: float = 0.5
+    warmup_epochs: int = 0
+    clip_grad_norm: float = 5.0
+    patience: int = 15
+    selection_metric: str = "weighted_f1"
+    class_weighted_loss: bool = False
+    eval_batch_size: int = 64
+    device: str = "cpu"
+    seed: int = 0
+    num_threads: int = 1
+    show_progress: bool = True
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build from a recipe section, coercing types and rejecting unknown keys."""
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = [k for k in data if k not in names]
+        if unknown:
+            raise ConfigError(f"unknown training option(s) {', '.join(unknown)}; valid: {', '.join(names)}")
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            default = getattr(cls, key)
+            try:
+                if isinstance(default, bool):
+                    kwargs[key] = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+                elif isinstance(default, (int, float, str)):
+                    kwargs[key] = type(default)(value)
+                else:
+                    kwargs[key] = value
+            except (TypeError, ValueError):
+                raise ConfigError(f"training.{key}={value!r}: expected {type(default).__name__}") from None
+        return cls(**kwargs)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    # Write-then-rename: a kill during the write leaves the previous file intact.
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """Train one model on one dataset split with validation-based selection.
+
+    Args:
+        model: Any registered merc model.
+        splits: Tensors of the ``train``, ``valid`` and ``test`` conversations.
+        modalities: Modalities fed to the model.
+        num_classes: Number of classes.
+        config: Training hyper-parameters.
+        plugins: Training plug-ins (curriculum, self-paced, gradient modulation ...).
+        run_dir: Folder for checkpoints; ``None`` keeps everything in memory.
+        label_names: Class names for per-class metrics.
+        class_weights: ``[C]`` weights for ``class_weighted_loss``.
+    """
+
+    def __init__(
+        self,
+        model: MercModel,
+        splits: dict[str, list[ConversationTensors]],
+        modalities: Sequence[str],
+        num_classes: int,
+        config: TrainConfig | None = None,
+        plugins: Sequence[TrainerPlugin] = (),
+        run_dir: str | Path | None = None,
+        label_names: Sequence[str] | None = None,
+        class_weights: np.ndarray | None = None,
+    ) -> None:
+        self.config = config or TrainConfig()
+        if self.config.num_threads > 0:
+            torch.set_num_threads(self.config.num_threads)
+        self.device = torch.device(self.config.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("--device cuda asked for, but PyTorch sees no CUDA device; use --device cpu")
+        self.model = model.to(self.device)
+        self.train_items = splits["train"]
+        self.valid_items = splits["valid"]
+        self.test_items = splits.get("test", [])
+        self.modalities = tuple(modalities)
+        self.num_classes = num_classes
+        self.label_names = list(label_names) if label_names is not None else None
+        self.plugins = list(plugins)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.class_weights = (
+            torch.as_tensor(class_weights, dtype=torch.float32, device=self.device)
+            if self.config.class_weighted_loss and class_weights is not None else None
+        )
+        self.optimizer = self._make_optimizer()
+        self.scheduler = self._make_scheduler()
+        self.generator = torch.Generator().manual_seed(self.config.seed)
+        self.epoch = 0
+        self.best_score = -math.inf
+        self.best_epoch = -1
+        self.best_state: dict[str, Tensor] | None = None
+        self.bad_epochs = 0
+        self.history: list[dict[str, Any]] = []
+        self.epoch_seconds: list[float] = []
+        self.test_evaluated = False
+
+    # -- set-up ----------------------------------------------------------------------
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        c = self.config
+        name = resolve_choice("optimizer", c.optimizer, ["adam", "adamw", "sgd"])
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if name == "adam":
+            return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
+        if name == "adamw":
+            return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+        return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+
+    def _make_scheduler(self) -> Any:
+        c = self.config
+        name = resolve_choice("scheduler", c.scheduler, ["none", "cosine", "step", "plateau"])
+        warm = max(c.warmup_epochs, 0)
+
+        def warmup(epoch: int) -> float:
+            return min(1.0, (epoch + 1) / (warm + 1)) if warm else 1.0
+
+        if name == "cosine":
+            span = max(c.epochs - warm, 1)
+            return torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer,
+                lambda e: warmup(e) * (0.5 * (1 + math.cos(math.pi * min(max(e - warm, 0), span) / span))),
+            )
+        if name == "step":
+            return torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer, lambda e: warmup(e) * c.gamma ** (max(e - warm, 0) // max(c.step_size, 1))
+            )
+        if name == "plateau":
+            return torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="max", factor=c.gamma, patience=3)
+        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup)
+
+    # -- checkpoints -----------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "best_state": self.best_state,
+            "bad_epochs": self.bad_epochs,
+            "history": json.dumps(self.history),
+            "epoch_seconds": self.epoch_seconds,
+            "torch_rng": torch.get_rng_state(),
+            "shuffle_rng": self.generator.get_state(),
+            "plugins": json.dumps({p.name: p.state_dict() for p in self.plugins}),
+        }
+
+    def save_checkpoint(self) -> None:
+        if self.run_dir is None:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_torch_save(self._state(), self.run_dir / CHECKPOINT)
+
+    def try_resume(self) -> bool:
+        """Load ``run_dir/checkpoint.pt`` if present; return whether it did."""
+        if self.run_dir is None or not (self.run_dir / CHECKPOINT).is_file():
+            return False
+        state = torch.load(self.run_dir / CHECKPOINT, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = int(state["epoch"])
+        self.best_score = float(state["best_score"])
+        self.best_epoch = int(state["best_epoch"])
+        self.best_state = state["best_state"]
+        self.bad_epochs = int(state["bad_epochs"])
+        self.history = json.loads(state["history"])
+        self.epoch_seconds = list(state["epoch_seconds"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        self.generator.set_state(state["shuffle_rng"].cpu())
+        plugin_states = json.loads(state["plugins"])
+        for p in self.plugins:
+            if p.name in plugin_states:
+                p.load_state_dict(plugin_states[p.name])
+        log.info("resumed %s at epoch %d", self.run_dir, self.epoch)
+        return True
+
+    # -- training --------------------------------------------------------------------
+    def utterance_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """Per-utterance cross-entropy ``[N]`` (0 where unlabelled)."""
+        return F.cross_entropy(logits, labels, weight=self.class_weights, ignore_index=IGNORE_INDEX, reduction="none")
+
+    def _reduce_loss(self, batch: Any, output: Any, per_utt: Tensor) -> Tensor:
+        for plugin in self.plugins:
+            reduced = plugin.compute_loss(self, batch, output, per_utt)
+            if reduced is not None:
+                return reduced
+        labelled = batch.flat_labels != IGNORE_INDEX
+        return per_utt.sum() / labelled.sum().clamp_min(1)
+
+    def train_epoch(self) -> float:
+        self.model.train()
+        indices = list(range(len(self.train_items)))
+        for plugin in self.plugins:
+            indices = plugin.select_training_dialogues(self, self.epoch, indices)
+        for plugin in self.plugins:
+            plugin.on_epoch_start(self, self.epoch)
+        items = [self.train_items[i] for i in indices]
+        total, count = 0.0, 0
+        for batch in iterate_batches(items, self.modalities, self.config.batch_size, shuffle=True, generator=self.generator):
+            batch = batch.to(self.device)
+            output = self.model(batch)
+            per_utt = self.utterance_loss(output.logits, batch.flat_labels)
+            loss = self._reduce_loss(batch, output, per_utt)
+            for aux in output.aux_losses.values():
+                loss = loss + aux
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at epoch {self.epoch}; lower training.lr or check the data")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            for plugin in self.plugins:
+                plugin.after_backward(self, batch, output)
+            if self.config.clip_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad_norm)
+            self.optimizer.step()
+            value = float(loss.detach())
+            for plugin in self.plugins:
+                plugin.on_batch_end(self, batch, output, value)
+            total += value * batch.batch_size
+            count += batch.batch_size
+        return total / max(count, 1)
+
+    @torch.no_grad()
+    def predict(self, items: Sequence[ConversationTensors]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Predicted labels, true labels and logits of all labelled utterances of ``items``."""
+        self.model.eval()
+        preds, labels, logits = [], [], []
+        for batch in iterate_batches(items, self.modalities, self.config.eval_batch_size):
+            batch = batch.to(self.device)
+            out = self.model(batch).logits
+            y = batch.flat_labels
+            keep = y != IGNORE_INDEX
+            logits.append(out[keep].float().cpu())
+            labels.append(y[keep].cpu())
+        logit_arr = torch.cat(logits).numpy() if logits else np.zeros((0, self.num_classes), np.float32)
+        label_arr = torch.cat(labels).numpy() if labels else np.zeros(0, np.int64)
+        preds = logit_arr.argmax(1) if len(logit_arr) else np.zeros(0, np.int64)
+        return preds, label_arr, logit_arr
+
+    def evaluate(self, items: Sequence[ConversationTensors]) -> dict[str, Any]:
+        preds, labels, logits = self.predict(items)
+        metrics = classification_metrics(labels, preds, self.num_classes, self.label_names)
+        if len(labels):
+            metrics["loss"] = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)))
+        return metrics
+
+    def fit(self) -> dict[str, Any]:
+        """Train until ``epochs`` or early stopping; return the best validation metrics."""
+        c = self.config
+        self.try_resume()
+        for plugin in self.plugins:
+            plugin.on_fit_start(self)
+        bar = tqdm(total=c.epochs, initial=self.epoch, desc=f"train seed {c.seed}", disable=not c.show_progress,
+                   leave=False, dynamic_ncols=True)
+        while self.epoch < c.epochs and not (c.patience and self.bad_epochs >= c.patience):
+            start = time.perf_counter()
+            train_loss = self.train_epoch()
+            valid = self.evaluate(self.valid_items)
+            score = float(valid[c.selection_metric])
+            if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                self.scheduler.step(score)
+            else:
+                self.scheduler.step()
+            improved = score > self.best_score
+            if improved:
+                self.best_score, self.best_epoch, self.bad_epochs = score, self.epoch, 0
+                self.best_state = {k: v.detach().clone().cpu() for k, v in self.model.state_dict().items()}
+            else:
+                self.bad_epochs += 1
+            for plugin in self.plugins:
+                plugin.on_epoch_end(self, self.epoch, valid)
+            self.epoch_seconds.append(time.perf_counter() - start)
+            self.history.append({
+                "epoch": self.epoch, "train_loss": train_loss, "valid_loss": valid.get("loss"),
+                "valid_weighted_f1": valid["weighted_f1"], "valid_accuracy": valid["accuracy"],
+                "lr": self.optimizer.param_groups[0]["lr"], "seconds": self.epoch_seconds[-1],
+            })
+            self.epoch += 1
+            self.save_checkpoint()
+            if improved and self.run_dir is not None:
+                _atomic_torch_save(self.best_state, self.run_dir / BEST_WEIGHTS)
+            bar.update(1)
+            bar.set_postfix(loss=f"{train_loss:.3f}", valid_wf1=f"{valid['weighted_f1']:.2f}",
+                            best=f"{self.best_score:.2f}@{self.best_epoch}")
+        bar.close()
+        if self.best_state is None:
+            raise RuntimeError("no epoch was trained (training.epochs must be >= 1)")
+        return {"best_epoch": self.best_epoch, "best_valid_score": self.best_score, "epochs_run": self.epoch}
+
+    def load_best(self) -> None:
+        if self.best_state is None:
+            raise RuntimeError("call fit() before using the selected weights")
+        self.model.load_state_dict(copy.deepcopy(self.best_state))
+
+    def test(self) -> dict[str, Any]:
+        """Evaluate the selected (best-validation) weights on the test split, once."""
+        if self.test_evaluated:
+            raise RuntimeError("the test split is evaluated once per run; re-score a finished run with `merc evaluate`")
+        self.load_best()
+        self.test_evaluated = True
+        return self.evaluate(self.test_items)
+
+
+__all__ = ["BEST_WEIGHTS", "CHECKPOINT", "TrainConfig", "Trainer", "seed_everything"]
