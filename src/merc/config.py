@@ -62,7 +62,7 @@ def load_recipe(model: str, dataset: str, path: str | Path | None = None) -> dic
     if found is not None:
         for key, value in load_yaml(found).items():
             recipe[key] = value or {}
-        recipe["_source"] = str(found)
+        recipe.setdefault("data", {})["recipe_file"] = str(found)
     return recipe
 
 

@@ -34,6 +34,8 @@ class DatasetSpec:
         description: One paragraph; must say if any features are generated.
         modalities: Modalities the dataset can provide (text may be computed).
         needs_data_root: Whether the loader reads files under the data root.
+        annotations_of: Another dataset with the same dialogues, speakers and labels;
+            summaries (``merc datasets``) read that one instead of building features.
     """
 
     name: str
@@ -41,20 +43,22 @@ class DatasetSpec:
     description: str
     modalities: tuple[str, ...]
     needs_data_root: bool = True
+    annotations_of: str | None = None
 
 
 _DATASETS: dict[str, DatasetSpec] = {}
 
 
 def register_dataset(
-    name: str, description: str, modalities: str = "t", needs_data_root: bool = True
+    name: str, description: str, modalities: str = "t", needs_data_root: bool = True,
+    annotations_of: str | None = None,
 ) -> Callable[[Loader], Loader]:
     """Decorator registering a loader under ``name``."""
 
     def deco(fn: Loader) -> Loader:
         if name in _DATASETS:
             raise ValueError(f"dataset {name!r} registered twice")
-        _DATASETS[name] = DatasetSpec(name, fn, description, parse_modalities(modalities), needs_data_root)
+        _DATASETS[name] = DatasetSpec(name, fn, description, parse_modalities(modalities), needs_data_root, annotations_of)
         return fn
 
     return deco
@@ -131,9 +135,12 @@ def load_dataset(
         ConfigError: unknown dataset.
         DataError: missing files, unavailable modality or invalid data.
     """
-    spec = get_dataset_spec(name)
-    root = resolve_data_root(data_root) if spec.needs_data_root else None
-    dataset = spec.loader(root, **options) if spec.needs_data_root else spec.loader(**options)
+    if is_dataset_path(name):
+        dataset = read_dataset_path(name, **options)
+    else:
+        spec = get_dataset_spec(name)
+        root = resolve_data_root(data_root) if spec.needs_data_root else None
+        dataset = spec.loader(root, **options) if spec.needs_data_root else spec.loader(**options)
     if modalities is not None:
         mods = parse_modalities(modalities)
         if "t" in mods and "t" not in dataset.modalities:
@@ -142,6 +149,33 @@ def load_dataset(
     if validate:
         dataset.validate()
     return dataset
+
+
+def is_dataset_path(name: str) -> bool:
+    """Whether ``name`` names a file or folder rather than a registered dataset."""
+    return "/" in name or name.endswith(".pkl") or Path(name).exists()
+
+
+def read_dataset_path(path: str | os.PathLike[str], **options: Any) -> MercDataset:
+    """Read users' data: a merc folder (``metadata.json``) or a published feature pickle.
+
+    Pickles are recognised by their structure: a dict with ``train``/``dev``/``test`` is
+    CORECT's ``data_<dataset>.pkl``; a 9- or 10-tuple is the DialogueGCN/MMGCN layout.
+    """
+    from merc.data.formats.corect import read_corect_pickle
+    from merc.data.formats.dialoguegcn import read_dialoguegcn_pickle
+    from merc.data.formats.native import read_native
+    from merc.data.safe_pickle import safe_load_pickle
+
+    p = Path(path)
+    if p.is_dir():
+        return read_native(p)
+    if not p.is_file():
+        raise DataError(f"dataset path not found: {p}; give a registered name (merc datasets) or an existing file/folder")
+    head = safe_load_pickle(p)
+    if isinstance(head, dict):
+        return read_corect_pickle(p, name=p.stem, **options)
+    return read_dialoguegcn_pickle(p, name=p.stem, **options)
 
 
 def attach_text_features(

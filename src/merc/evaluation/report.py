@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from merc.evaluation.aggregate import format_mean_std
@@ -17,8 +18,8 @@ METRIC_TITLES = {"weighted_f1": "weighted F1", "accuracy": "accuracy (WA)", "mac
 def results_table(results: Mapping[str, Any], title: str | None = None) -> Table:
     """Metrics x {valid, test} as ``mean ± std`` over seeds."""
     seeds = results.get("seeds", [])
-    table = Table(title=title or f"{results.get('model')} on {results.get('dataset')} "
-                  f"[{results.get('modalities')}] — {len(seeds)} seed(s), selected on valid")
+    table = Table(title=title or escape(f"{results.get('model')} on {results.get('dataset')} "
+                  f"[{results.get('modalities')}] — {len(seeds)} seed(s), selected on valid"))
     table.add_column("metric (%)")
     table.add_column("valid", justify="right")
     table.add_column("test", justify="right")

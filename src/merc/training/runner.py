@@ -172,11 +172,12 @@ def run_experiment(
         out.mkdir(parents=True, exist_ok=True)
         if (out / "config.yaml").is_file():
             previous = load_yaml(out / "config.yaml")
-            if previous.get("model") != recipe.get("model") or previous.get("data", {}).get("dataset") != dataset_name:
+            if previous.get("model") != recipe.get("model") or previous.get("data", {}).get("dataset_arg") != dataset_name:
                 raise ConfigError(f"{out} holds a run with another model or dataset; choose another --out")
     data = prepare_dataset(dataset, mods, recipe, data_root, show_progress)
     recipe.setdefault("data", {}).update(
-        {"dataset": data.name, "modalities": "".join(mods), "seeds": list(seeds), "model_name": model}
+        {"dataset": data.name, "dataset_arg": dataset_name, "modalities": "".join(mods), "seeds": list(seeds),
+         "model_name": model}
     )
     if out is not None:
         save_yaml(recipe, out / "config.yaml")
@@ -208,7 +209,8 @@ def evaluate_run(run_dir: str | Path, data_root: str | Path | None = None, devic
         raise ConfigError(f"{run} is not a merc run folder (no config.yaml); pass the --out of `merc train`")
     recipe = load_yaml(run / "config.yaml")
     info = recipe.get("data", {})
-    data = prepare_dataset(info["dataset"], parse_modalities(info["modalities"]), recipe, data_root, False)
+    data = prepare_dataset(info.get("dataset_arg", info["dataset"]), parse_modalities(info["modalities"]), recipe,
+                           data_root, False)
     tensors = to_tensors(data)
     per_seed = []
     for seed in info["seeds"]:

@@ -1,0 +1,367 @@
+"""CORECT: relational temporal GNN with auxiliary cross-modality interaction.
+
+Nguyen, Mai, Le, Kieu, Le. "Conversation Understanding using Relational Temporal Graph
+Neural Networks with Auxiliary Cross-Modality Interaction." EMNLP 2023. Reference
+code: ``leson502/CORECT_EMNLP2023`` (hyper-parameters from its ``train.py`` and
+``run_train.sh``; the code here is merc's own).
+
+Pipeline (Section 3, Figure 2), for a batch of ``B`` dialogues, ``M`` modalities,
+hidden size ``h``:
+
+1. **Unimodal encoders** (3.1.1, eq. 1-2): a Transformer encoder over each dialogue's
+   text features followed by a linear map to ``h``; a two-layer fully connected
+   network (Linear-ReLU-Linear-ReLU) for audio and visual features.
+2. **Speaker embedding** (3.1.2, eq. 3-4): ``X_m = eta * Emb(speaker) + X_m`` for every
+   modality; the reference adds the embedding as is (``eta = 1``) and indexes it by
+   the IEMOCAP speaker role (M/F), i.e. merc's global speaker id on IEMOCAP.
+3. **RT-GCN** (3.2): the multimodal graph of :func:`merc.data.graphs.build_corect_graph`
+   (``M`` nodes per utterance, cross-modal + past/future relations in the window
+   ``[P, F]``), an RGCN layer (eq. 7), then a Graph Transformer with ``gnn_heads``
+   concatenated heads (eq. 8-9), BatchNorm and LeakyReLU as in the reference; an
+   utterance's ``M`` node outputs are concatenated: ``[N, M * gnn_heads * h]``.
+4. **P-CM** (3.3, eq. 11-13): for every ordered modality pair ``s -> t`` a
+   ``pcm_layers``-layer cross-modal transformer (``pcm_heads`` heads) over the padded
+   ``[B, T, h]`` dialogue tensors with key padding masks; per target modality the
+   ``M - 1`` outputs are concatenated and refined by a self-attention transformer
+   (``pcm_memory_layers`` layers; the reference's ``num_self_att=3``, which the paper's
+   Figure 5 shows as the final transformer); all are concatenated:
+   ``[N, M * (M - 1) * h]``.
+5. **Classifier** (3.4, eq. 14-17): ``[G, Z]`` -> Linear(h) -> ReLU -> Dropout -> Linear(C).
+
+Choices where the paper and code differ or are silent (all documented, some exposed):
+
+- Temporal edge direction follows the reference (``window_owner="source"``): see
+  :func:`merc.data.graphs.build_corect_graph` for what each node then aggregates;
+  ``"target"`` gives the paper's reading of eq. 6.
+- The window slice is the reference's ``[i - P, i + F)``.
+- Every node keeps its self relation in all ablations, as the reference does.
+- Padding is masked everywhere (text Transformer and P-CM attend only to the real
+  utterances of the same dialogue; the reference attends to padding), so predictions
+  of a dialogue do not depend on its batch mates in evaluation mode. In training
+  mode the Graph Transformer's BatchNorm uses batch statistics, as in the reference.
+- Missing modalities (``batch.availability``) are not modelled: CORECT assumes all
+  modalities of every utterance are present; absent ones enter as their (zero)
+  features.
+- The reference's text Transformer has no positional encoding; neither has this one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch_geometric.nn import RGCNConv, TransformerConv
+
+from merc.data.batching import Batch
+from merc.data.graphs import (
+    CORECT_NUM_RELATIONS,
+    build_corect_graph,
+    corect_relation_names,
+    cross_modal_relation,
+    temporal_relation,
+)
+from merc.errors import ConfigError, DataError, resolve_choice
+from merc.models.base import MercModel
+from merc.models.layers.crossmodal import CrossModalTransformer
+from merc.models.output import ModelOutput
+from merc.models.registry import register_model
+
+
+def auto_text_heads(dim: int) -> int:
+    """The reference's head count for the text Transformer: the first ``h`` in 7..14 dividing ``dim``, else 1.
+
+    >>> auto_text_heads(768), auto_text_heads(384), auto_text_heads(100), auto_text_heads(17)
+    (8, 8, 10, 1)
+    """
+    return next((h for h in range(7, 15) if dim % h == 0), 1)
+
+
+class NodeBatchNorm(nn.BatchNorm1d):
+    """BatchNorm over graph nodes that tolerates a single-node batch in training.
+
+    PyTorch cannot estimate a variance from one value and raises; a training batch of
+    one one-utterance dialogue with one modality has exactly one node, so such a batch
+    is normalised with the running statistics instead.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and x.shape[0] < 2:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return super().forward(x)
+
+
+def _fully_connected(in_dim: int, hidden: int) -> nn.Sequential:
+    # eq. 2: the reference's two-layer FC encoder for audio and visual features.
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+
+
+class TextTransformerEncoder(nn.Module):
+    """eq. 1: Transformer encoder over a dialogue's utterance features, then Linear to ``h``.
+
+    Shapes:
+        - input: ``[B, T, d]`` and padding mask ``bool [B, T]`` (true = padding)
+        - output: ``[B, T, h]``
+    """
+
+    def __init__(self, in_dim: int, hidden: int, num_layers: int, num_heads: int, ffn_size: int, dropout: float) -> None:
+        super().__init__()
+        heads = num_heads or auto_text_heads(in_dim)
+        if in_dim % heads:
+            raise ConfigError(f"CORECT text encoder: feature dim {in_dim} is not divisible by {heads} heads")
+        layer = nn.TransformerEncoderLayer(in_dim, heads, dim_feedforward=ffn_size, dropout=dropout, batch_first=True)
+        # No nested tensors: the fast path would change numerics with the amount of padding.
+        self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        self.out = nn.Linear(in_dim, hidden)
+
+    def forward(self, x: Tensor, padding: Tensor) -> Tensor:
+        return self.out(self.encoder(x, src_key_padding_mask=padding))
+
+
+class RTGCN(nn.Module):
+    """RT-GCN's graph learning (Section 3.2.2): RGCN (eq. 7) then a Graph Transformer (eq. 8-9).
+
+    Args:
+        hidden: Node feature dim ``h`` (in and out of the RGCN, per head of the Graph Transformer).
+        num_relations: Relation types the RGCN distinguishes.
+        heads: Graph Transformer heads, concatenated (A.3: 7).
+
+    Shapes:
+        - x: ``[V, h]``; edge_index: ``[2, E]``; edge_type: ``[E]`` in ``0 .. num_relations - 1``
+        - output: ``[V, heads * h]``
+    """
+
+    def __init__(self, hidden: int, num_relations: int, heads: int) -> None:
+        super().__init__()
+        self.rgcn = RGCNConv(hidden, hidden, num_relations)  # mean over each relation's neighbours + root, eq. 7
+        self.graph_transformer = TransformerConv(hidden, hidden, heads=heads, concat=True)
+        self.norm = NodeBatchNorm(heads * hidden)
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_type: Tensor) -> Tensor:
+        g = self.rgcn(x, edge_index, edge_type)
+        return F.leaky_relu(self.norm(self.graph_transformer(g, edge_index)))
+
+
+class PairwiseCrossModal(nn.Module):
+    """P-CM (Section 3.3, eq. 11-13): cross-modal transformers for every ordered modality pair.
+
+    Args:
+        modalities: At least two modalities, in output order.
+        hidden: Feature dim ``h`` of every modality.
+        heads: Heads of the cross-modal transformers (A.3: 2).
+        layers: Cross-modal layers ``D`` (reference ``num_crossmodal``: 2).
+        memory_layers: Self-attention layers over each target's concatenated cross-modal
+            outputs (reference ``num_self_att``: 3); 0 skips them.
+        memory_heads: Heads of those layers (reference ``self_att_nheads``: 2).
+        dropout: Dropout inside the blocks (reference: 0).
+
+    Shapes:
+        - features: ``{m: [B, T, h]}``; padding: ``bool [B, T]`` (true = padding)
+        - output: ``[B, T, M * (M - 1) * h]``, target-major: for each target modality, its
+          ``M - 1`` sources in ``modalities`` order.
+    """
+
+    def __init__(
+        self, modalities: tuple[str, ...], hidden: int, heads: int, layers: int,
+        memory_layers: int, memory_heads: int, dropout: float,
+    ) -> None:
+        super().__init__()
+        if len(modalities) < 2:
+            raise ConfigError("P-CM needs at least two modalities")
+        self.modalities = modalities
+        self.cross = nn.ModuleDict({
+            f"{s}2{t}": CrossModalTransformer(hidden, heads, layers, dropout=dropout)
+            for t in modalities for s in modalities if s != t
+        })
+        width = hidden * (len(modalities) - 1)
+        if memory_layers and width % memory_heads:
+            raise ConfigError(f"P-CM memory width {width} is not divisible by {memory_heads} heads")
+        self.memory = nn.ModuleDict({
+            t: CrossModalTransformer(width, memory_heads, memory_layers, cross=False, dropout=dropout)
+            for t in modalities
+        }) if memory_layers else None
+        self.output_size = len(modalities) * width
+
+    def forward(self, features: Mapping[str, Tensor], padding: Tensor) -> Tensor:
+        outs = []
+        for t in self.modalities:
+            parts = [
+                self.cross[f"{s}2{t}"](features[t], features[s], key_padding_mask=padding)
+                for s in self.modalities if s != t
+            ]
+            z = torch.cat(parts, dim=-1)
+            if self.memory is not None:
+                z = self.memory[t](z, key_padding_mask=padding)
+            outs.append(z)
+        return torch.cat(outs, dim=-1)
+
+
+@register_model("corect")
+class CORECT(MercModel):
+    """CORECT (Nguyen et al., EMNLP 2023): RT-GCN over a multimodal temporal graph + P-CM.
+
+    Args:
+        in_dims: Feature dim per modality, e.g. ``{"t": 384, "a": 100, "v": 512}``.
+        num_classes: Number of classes.
+        num_speakers: Global speakers of the dataset (embedding rows for
+            ``speaker_ids="global"``).
+        num_parties: Most speakers in one dialogue (rows for ``speaker_ids="party"``).
+        hidden_size: ``h`` of encoders, RGCN, each Graph Transformer head, P-CM and the
+            classifier (reference ``--hidden_size``: 100).
+        dropout: Dropout of the classifier and the text Transformer (A.3: 0.5).
+        use_rtgcn: RT-GCN branch ("w/o RT-GCN" in Tables 5 and 8).
+        use_pcm: P-CM branch ("w/o P-CM"); absent with one modality.
+        use_multimodal_relations: Cross-modal relations R_multi ("w/o R_multi"); the
+            self relation stays.
+        use_temporal_relations: Past/future relations R_temp ("w/o R_temp").
+        use_speaker_embedding: Add the speaker embedding (Section 4.3: -1.70 w-F1 without).
+        speaker_ratio: ``eta`` of eq. 4 (reference: 1, the embedding added as is).
+        speaker_ids: ``"global"`` (dataset speaker ids; IEMOCAP's M/F roles, as the
+            reference) or ``"party"`` (per-dialogue speaker index, for corpora such as
+            MELD whose test speakers are unseen in training).
+        past_window: ``P`` (Section 4.3 / A.3: 11 on IEMOCAP; 5 on short dialogues).
+        future_window: ``F`` (9 on IEMOCAP; 4 on short dialogues).
+        window_owner: Temporal edge direction, ``"source"`` (reference) or ``"target"``,
+            see :func:`merc.data.graphs.build_corect_graph`.
+        gnn_heads: Graph Transformer heads (A.3: 7).
+        pcm_heads: P-CM cross-modal heads (A.3: 2).
+        pcm_layers: P-CM cross-modal layers ``D`` (reference ``num_crossmodal``: 2).
+        pcm_memory_layers: P-CM self-attention layers per target (reference ``num_self_att``: 3).
+        pcm_memory_heads: Their heads (reference ``self_att_nheads``: 2).
+        pcm_dropout: Dropout inside P-CM (reference: 0).
+        text_encoder_layers: Text Transformer layers (reference ``encoder_nlayers``: 2);
+            0 uses the FC encoder for text too (the reference's ``--rnn ffn``).
+        text_encoder_heads: Text Transformer heads; 0 picks them as the reference
+            (:func:`auto_text_heads`).
+        text_ffn_size: Text Transformer feed-forward size (PyTorch default, as the reference: 2048).
+
+    Shapes:
+        - input: ``batch.features[m]`` ``[B, T, d_m]``
+        - output: ``logits`` ``[N, C]``; ``embeddings`` ``[N, H]``, the fused ``[G, Z]`` of eq. 14
+    """
+
+    def __init__(
+        self,
+        in_dims: Mapping[str, int],
+        num_classes: int,
+        num_speakers: int = 2,
+        num_parties: int = 2,
+        hidden_size: int = 100,
+        dropout: float = 0.5,
+        use_rtgcn: bool = True,
+        use_pcm: bool = True,
+        use_multimodal_relations: bool = True,
+        use_temporal_relations: bool = True,
+        use_speaker_embedding: bool = True,
+        speaker_ratio: float = 1.0,
+        speaker_ids: str = "global",
+        past_window: int = 11,
+        future_window: int = 9,
+        window_owner: str = "source",
+        gnn_heads: int = 7,
+        pcm_heads: int = 2,
+        pcm_layers: int = 2,
+        pcm_memory_layers: int = 3,
+        pcm_memory_heads: int = 2,
+        pcm_dropout: float = 0.0,
+        text_encoder_layers: int = 2,
+        text_encoder_heads: int = 0,
+        text_ffn_size: int = 2048,
+    ) -> None:
+        super().__init__(in_dims, num_classes)
+        h = hidden_size
+        mods = self.modalities
+        self.hidden_size = h
+        self.use_multimodal_relations = use_multimodal_relations
+        self.use_temporal_relations = use_temporal_relations
+        self.past_window = past_window
+        self.future_window = future_window
+        self.window_owner = resolve_choice("CORECT window owner", window_owner, ["source", "target"])
+        self.speaker_ids = resolve_choice("CORECT speaker ids", speaker_ids, ["global", "party"])
+        self.speaker_ratio = speaker_ratio
+
+        self.encoders = nn.ModuleDict({
+            m: TextTransformerEncoder(d, h, text_encoder_layers, text_encoder_heads, text_ffn_size, dropout)
+            if m == "t" and text_encoder_layers > 0 else _fully_connected(d, h)
+            for m, d in self.in_dims.items()
+        })
+        n_ids = num_speakers if self.speaker_ids == "global" else num_parties
+        self.speaker_embedding = nn.Embedding(max(n_ids, 1), h) if use_speaker_embedding else None
+
+        # RGCN weights only for the relations this configuration can produce; the graph's
+        # stable ids (0..14) map to them through a lookup table.
+        used = sorted(
+            {cross_modal_relation(s, t) for s in mods for t in mods if s == t or use_multimodal_relations}
+            | ({temporal_relation(m, k) for m in mods for k in ("past", "future")} if use_temporal_relations else set())
+        )
+        lookup = torch.full((CORECT_NUM_RELATIONS,), -1, dtype=torch.long)
+        lookup[used] = torch.arange(len(used))
+        self.register_buffer("relation_lookup", lookup, persistent=False)
+        self.relation_ids: tuple[int, ...] = tuple(used)
+        self.rtgcn = RTGCN(h, len(used), gnn_heads) if use_rtgcn else None
+
+        self.pcm = (
+            PairwiseCrossModal(mods, h, pcm_heads, pcm_layers, pcm_memory_layers, pcm_memory_heads, pcm_dropout)
+            if use_pcm and len(mods) > 1 else None
+        )
+        fused = (len(mods) * gnn_heads * h if self.rtgcn is not None else 0) + (
+            self.pcm.output_size if self.pcm is not None else 0
+        )
+        # With neither branch (an ablation, or "w/o RT-GCN" on one modality) the
+        # classifier reads the encoded features, as the reference does.
+        self.fused_size = fused or len(mods) * h
+        self.classifier = nn.Sequential(
+            nn.Linear(self.fused_size, h), nn.ReLU(), nn.Dropout(dropout), nn.Linear(h, num_classes)
+        )
+
+    @property
+    def relation_names(self) -> list[str]:
+        """Names of the relations the RGCN distinguishes, e.g. ``["t->t", "t:past", ...]``."""
+        names = corect_relation_names()
+        return [names[i] for i in self.relation_ids]
+
+    def _speaker_vectors(self, batch: Batch) -> Tensor:
+        assert self.speaker_embedding is not None
+        ids = batch.speakers if self.speaker_ids == "global" else batch.parties
+        rows = self.speaker_embedding.num_embeddings
+        if batch.mask.any() and int(ids[batch.mask].max()) >= rows:
+            raise DataError(
+                f"corect: {self.speaker_ids} speaker id {int(ids[batch.mask].max())} but the model has "
+                f"{rows} speaker embeddings; build it with the dataset's num_speakers/num_parties"
+            )
+        return self.speaker_ratio * self.speaker_embedding(ids.clamp_max(rows - 1))
+
+    def encode(self, batch: Batch) -> dict[str, Tensor]:
+        """Unimodal encoders plus speaker embedding (eq. 1-4): ``{m: [B, T, h]}``."""
+        padding = ~batch.mask
+        out = {}
+        for m in self.modalities:
+            enc = self.encoders[m]
+            x = batch.features[m]
+            out[m] = enc(x, padding) if isinstance(enc, TextTransformerEncoder) else enc(x)
+        if self.speaker_embedding is not None:
+            speaker = self._speaker_vectors(batch)
+            out = {m: x + speaker for m, x in out.items()}
+        return out
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        self.check_batch(batch)
+        encoded = self.encode(batch)
+        flat = [batch.flatten(encoded[m]) for m in self.modalities]  # M x [N, h]
+        n_utt = batch.num_utterances
+        parts = []
+        if self.rtgcn is not None:
+            graph = build_corect_graph(
+                batch.lengths.to(self.relation_lookup.device), self.modalities,
+                past=self.past_window, future=self.future_window,
+                use_temporal=self.use_temporal_relations, use_multimodal=self.use_multimodal_relations,
+                window_owner=self.window_owner,
+            )
+            nodes = self.rtgcn(torch.cat(flat, dim=0), graph.edge_index, self.relation_lookup[graph.edge_type])
+            # Node k * N + n is utterance n in modality k: regroup per utterance.
+            parts.append(nodes.view(len(self.modalities), n_utt, -1).transpose(0, 1).reshape(n_utt, -1))
+        if self.pcm is not None:
+            parts.append(batch.flatten(self.pcm(encoded, ~batch.mask)))
+        fused = torch.cat(parts or flat, dim=-1)
+        return ModelOutput(logits=self.classifier(fused), embeddings=fused)

@@ -1,0 +1,107 @@
+"""The shared contract every registered model must pass (timm's tests/test_models.py idea).
+
+Shapes, finite outputs, gradients reach every parameter, every modality subset, ragged
+dialogue lengths, invariance to padding and batch composition, determinism, and a tiny
+overfitting run that catches wiring mistakes shape tests miss.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from helpers import DIMS, make_batch, make_dataset
+from merc.data.batching import collate, to_tensors
+from merc.models import build_model, list_models
+from merc.models.output import ModelOutput
+from merc.training.trainer import TrainConfig, Trainer
+
+MODELS = list_models()
+SUBSETS = ["".join(c) for r in (1, 2, 3) for c in itertools.combinations("tav", r)]
+NUM_CLASSES = 3
+
+
+def _build(name: str, modalities: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model(name, in_dims={m: DIMS[m] for m in modalities}, num_classes=NUM_CLASSES,
+                       num_speakers=2, num_parties=2)
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("modalities", SUBSETS)
+def test_output_contract_every_subset(name: str, modalities: str) -> None:
+    batch, _ = make_batch((1, 7, 3), modalities)
+    model = _build(name, modalities).train()
+    out = model(batch)
+    assert isinstance(out, ModelOutput)
+    assert out.logits.shape == (11, NUM_CLASSES)
+    assert torch.isfinite(out.logits).all()
+    for m, lg in out.unimodal_logits.items():
+        assert m in modalities and lg.shape == (11, NUM_CLASSES) and torch.isfinite(lg).all()
+    for key, aux in out.aux_losses.items():
+        assert aux.dim() == 0 and torch.isfinite(aux), key
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_parameter_gets_a_gradient(name: str) -> None:
+    batch, _ = make_batch((1, 7, 3, 5), "tav")
+    model = _build(name, "tav").train()
+    out = model(batch)
+    loss = torch.nn.functional.cross_entropy(out.logits, batch.flat_labels)
+    loss = loss + sum(out.aux_losses.values()) + sum(lg.sum() * 0 + lg.logsumexp(-1).mean() for lg in out.unimodal_logits.values())
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
+    assert not missing, f"no (finite) gradient for: {missing}"
+    dead = [n for n, p in model.named_parameters() if p.requires_grad and p.grad.abs().sum() == 0]
+    assert not dead, f"all-zero gradient for: {dead}"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_predictions_do_not_depend_on_padding_or_batch_mates(name: str) -> None:
+    ds = make_dataset((1, 7, 3, 12), "tav", seed=1)
+    items = to_tensors(ds)["train"]
+    model = _build(name, "tav").eval()
+    with torch.no_grad():
+        together = model(collate(items, ds.modalities)).logits
+        offsets = [0, 1, 8, 11, 23]
+        for i, item in enumerate(items):
+            alone = model(collate([item], ds.modalities)).logits
+            torch.testing.assert_close(together[offsets[i]:offsets[i + 1]], alone, rtol=1e-4, atol=1e-5)
+        # Another order of the same dialogues gives the same per-dialogue predictions.
+        reordered = model(collate([items[3], items[1], items[0], items[2]], ds.modalities)).logits
+        torch.testing.assert_close(reordered[:12], together[11:23], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(reordered[12:19], together[1:8], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_deterministic_under_seed(name: str) -> None:
+    batch, _ = make_batch((4, 6), "tav")
+    outs = []
+    for _ in range(2):
+        model = _build(name, "tav", seed=3).train()
+        torch.manual_seed(7)
+        outs.append(model(batch).logits)
+    torch.testing.assert_close(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_wrong_feature_dim_is_a_clear_error(name: str) -> None:
+    from merc.errors import DataError
+
+    batch, _ = make_batch((3, 2), "t")
+    model = build_model(name, in_dims={"t": DIMS["t"] + 1}, num_classes=NUM_CLASSES, num_speakers=2, num_parties=2)
+    with pytest.raises(DataError, match="dim"):
+        model(batch)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_overfits_a_tiny_set(name: str) -> None:
+    ds = make_dataset((6, 9, 4, 8, 5), "tav", seed=2, separable=True)
+    torch.manual_seed(0)
+    model = _build(name, "tav")
+    trainer = Trainer(model, to_tensors(ds), ds.modalities, ds.num_classes,
+                      TrainConfig(epochs=60, lr=0.01, batch_size=5, patience=0, show_progress=False, clip_grad_norm=5.0))
+    trainer.fit()
+    assert trainer.evaluate(trainer.train_items)["accuracy"] >= 95.0

@@ -1,0 +1,132 @@
+"""The command line: happy paths and one-line errors (no traceback) for bad input."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from helpers import make_dataset
+from merc.cli import main
+from merc.data.formats.native import write_native
+
+
+def _dialoguegcn_pickle(path, t_dims=(10, 10, 10), nan=False, empty=False) -> None:
+    """A tiny file in the DialogueGCN 9-tuple layout."""
+    rng = np.random.default_rng(0)
+    ids = ["d0", "d1", "d2"]
+    lens = [3, 0 if empty else 4, 2]
+    video_ids = {d: [f"{d}_{i}" for i in range(n)] for d, n in zip(ids, lens)}
+    speakers = {d: ["M", "F"] * 2 for d in ids}
+    speakers = {d: speakers[d][:n] for d, n in zip(ids, lens)}
+    labels = {d: list(rng.integers(0, 4, n)) for d, n in zip(ids, lens)}
+    text = {d: rng.normal(size=(n, td)) for d, n, td in zip(ids, lens, t_dims)}
+    if nan:
+        text["d0"][1, 2] = np.nan
+    audio = {d: rng.normal(size=(n, 5)) for d, n in zip(ids, lens)}
+    visual = {d: rng.normal(size=(n, 6)) for d, n in zip(ids, lens)}
+    sentence = {d: ["hi"] * n for d, n in zip(ids, lens)}
+    with open(path, "wb") as fh:
+        pickle.dump((video_ids, speakers, labels, text, audio, visual, sentence, ["d0", "d1"], ["d2"]), fh, protocol=2)
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo pwned",))
+
+
+def _error_line(capsys, argv) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith("merc: error: ")
+    return err
+
+
+def test_unknown_dataset_and_model(capsys, tmp_path) -> None:
+    assert "unknown dataset 'nope'" in _error_line(capsys, ["train", "--model", "bclstm", "--dataset", "nope", "--out", str(tmp_path)])
+    assert "unknown model 'nope'" in _error_line(capsys, ["train", "--model", "nope", "--dataset", "synthetic", "--out", str(tmp_path)])
+
+
+def test_missing_data_root(capsys, tmp_path) -> None:
+    err = _error_line(capsys, ["train", "--model", "bclstm", "--dataset", "iemocap6", "--data-root", str(tmp_path / "x"), "--out", str(tmp_path)])
+    assert "data root not found" in err and "--data-root" in err
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"t_dims": (10, 12, 10)}, "dim"), ({"nan": True}, "NaN"), ({"empty": True}, "empty")],
+)
+def test_bad_feature_files(capsys, tmp_path, kwargs, message) -> None:
+    path = tmp_path / "feats.pkl"
+    _dialoguegcn_pickle(path, **kwargs)
+    err = _error_line(capsys, ["train", "--model", "bclstm", "--dataset", str(path), "--modalities", "ta", "--out", str(tmp_path / "run")])
+    assert message in err
+
+
+def test_truncated_and_malicious_pickles(capsys, tmp_path) -> None:
+    good = tmp_path / "good.pkl"
+    _dialoguegcn_pickle(good)
+    truncated = tmp_path / "truncated.pkl"
+    truncated.write_bytes(good.read_bytes()[:200])
+    assert "truncated" in _error_line(capsys, ["train", "--model", "bclstm", "--dataset", str(truncated), "--out", str(tmp_path / "r")])
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps({"train": [_Evil()]}))
+    assert "refused to load" in _error_line(capsys, ["train", "--model", "bclstm", "--dataset", str(evil), "--out", str(tmp_path / "r")])
+
+
+def test_label_out_of_range_in_own_format(capsys, tmp_path) -> None:
+    folder = tmp_path / "mine"
+    write_native(make_dataset((3, 4), "t"), folder)
+    lines = (folder / "conversations.jsonl").read_text().splitlines()
+    record = json.loads(lines[0])
+    record["labels"][0] = 9
+    lines[0] = json.dumps(record)
+    (folder / "conversations.jsonl").write_text("\n".join(lines) + "\n")
+    err = _error_line(capsys, ["train", "--model", "bclstm", "--dataset", str(folder), "--out", str(tmp_path / "r")])
+    assert "label 9 out of range" in err
+
+
+def test_bad_override(capsys, tmp_path) -> None:
+    err = _error_line(capsys, ["train", "--model", "bclstm", "--dataset", "synthetic", "--out", str(tmp_path), "training.nope=1"])
+    assert "unknown training option" in err
+
+
+def test_train_evaluate_and_resume_own_data(capsys, tmp_path) -> None:
+    folder = tmp_path / "mine"
+    write_native(make_dataset((3, 4, 5, 2), "ta", separable=True), folder)
+    run = tmp_path / "run"
+    argv = ["train", "--model", "bclstm", "--dataset", str(folder), "--modalities", "ta", "--seeds", "0,1",
+            "--out", str(run), "--quiet", "training.epochs=3", "model.hidden_size=8"]
+    assert main(argv) == 0
+    results = json.loads((run / "results.json").read_text())
+    assert set(results["test"]["weighted_f1"]) == {"mean", "std", "per_seed"}
+    assert len(results["test"]["accuracy"]["per_seed"]) == 2
+    assert results["timing"]["epoch_seconds_median"] > 0
+    assert (run / "config.yaml").is_file() and (run / "seed_1" / "best.pt").is_file()
+    # Re-running the same command reuses the finished seeds; evaluate re-scores them identically.
+    assert main(argv) == 0
+    assert main(["evaluate", str(run)]) == 0
+    evaluation = json.loads((run / "evaluation.json").read_text())
+    assert evaluation["test"]["weighted_f1"]["per_seed"] == pytest.approx(results["test"]["weighted_f1"]["per_seed"])
+
+
+def test_datasets_json_lists_synthetic(capsys) -> None:
+    assert main(["datasets", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["synthetic"]["splits"]["train"]["dialogues"] > 0
+    assert "generated" in rows["synthetic"]["description"].lower()
+
+
+def test_real_process_prints_no_traceback(tmp_path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "merc.cli", "train", "--model", "bclstm", "--dataset", "nope",
+                           "--out", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("merc: error: unknown dataset") and "Traceback" not in proc.stderr

@@ -1,0 +1,130 @@
+"""The trainer: validation-only selection, resumable checkpoints, plug-in hooks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from helpers import make_dataset
+from merc.data.batching import to_tensors
+from merc.models import build_model
+from merc.training.plugins.base import TrainerPlugin
+from merc.training.trainer import TrainConfig, Trainer
+
+
+def _trainer(tmp_path=None, epochs: int = 6, plugins=(), patience: int = 0, seed: int = 0) -> Trainer:
+    ds = make_dataset((5, 7, 3, 6, 4, 8), "ta", seed=4, separable=True)
+    torch.manual_seed(seed)
+    model = build_model("bclstm", in_dims=ds.dims, num_classes=ds.num_classes, hidden_size=8, dense_size=8)
+    cfg = TrainConfig(epochs=epochs, batch_size=2, lr=0.01, patience=patience, show_progress=False, seed=seed)
+    return Trainer(model, to_tensors(ds), ds.modalities, ds.num_classes, cfg, plugins=list(plugins), run_dir=tmp_path)
+
+
+def test_selects_best_validation_epoch_and_tests_once() -> None:
+    tr = _trainer(epochs=8)
+    fit = tr.fit()
+    scores = [h["valid_weighted_f1"] for h in tr.history]
+    assert fit["best_epoch"] == scores.index(max(scores))
+    tr.test()
+    with pytest.raises(RuntimeError, match="once"):
+        tr.test()
+
+
+def test_early_stopping() -> None:
+    tr = _trainer(epochs=200, patience=3)
+    fit = tr.fit()
+    assert fit["epochs_run"] < 200
+    assert fit["epochs_run"] - 1 - fit["best_epoch"] == 3
+
+
+class _KillAt(TrainerPlugin):
+    name = "kill"
+
+    def __init__(self, epoch: int) -> None:
+        self.kill_epoch = epoch
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        if epoch == self.kill_epoch:
+            raise KeyboardInterrupt
+
+
+def test_resume_after_kill_equals_uninterrupted_run(tmp_path) -> None:
+    straight = _trainer(tmp_path / "a", epochs=6)
+    straight.fit()
+    killed = _trainer(tmp_path / "b", epochs=6, plugins=[_KillAt(3)])
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit()
+    assert killed.epoch == 3
+    resumed = _trainer(tmp_path / "b", epochs=6)  # a fresh process: new model, same folder
+    resumed.fit()
+    assert resumed.epoch == 6
+    strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
+    assert strip(resumed.history) == strip(straight.history)
+    for k, v in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[k], v)
+    # The checkpoint loads with weights_only=True (no pickled objects).
+    state = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    assert json.loads(state["history"])[-1]["epoch"] == 5
+
+
+class _Recorder(TrainerPlugin):
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.grad_seen_before_step = True
+
+    def select_training_dialogues(self, trainer, epoch, indices):
+        self.events.append(f"select{epoch}")
+        return indices[:2] if epoch == 0 else indices
+
+    def on_epoch_start(self, trainer, epoch):
+        self.events.append(f"start{epoch}")
+        self.snapshot = None
+
+    def after_backward(self, trainer, batch, output):
+        self.events.append("after_backward")
+        p = next(trainer.model.parameters())
+        self.grad_seen_before_step &= p.grad is not None
+        self.before = p.detach().clone()
+
+    def on_batch_end(self, trainer, batch, output, loss):
+        self.events.append("batch_end")
+        # The optimiser stepped between after_backward and here.
+        assert not torch.equal(self.before, next(trainer.model.parameters()).detach())
+
+    def on_epoch_end(self, trainer, epoch, valid_metrics):
+        self.events.append(f"end{epoch}")
+
+
+def test_hooks_order_and_dialogue_selection() -> None:
+    rec = _Recorder()
+    tr = _trainer(epochs=2, plugins=[rec])
+    tr.fit()
+    first = rec.events[: rec.events.index("end0") + 1]
+    # Epoch 0 sees 2 dialogues = 1 batch of 2.
+    assert first == ["select0", "start0", "after_backward", "batch_end", "end0"]
+    assert rec.events.count("after_backward") == 1 + 3  # epoch 1: 6 dialogues / 2
+    assert rec.grad_seen_before_step
+
+
+class _HalfWeights(TrainerPlugin):
+    name = "half"
+
+    def compute_loss(self, trainer, batch, output, utterance_loss):
+        self.n = utterance_loss.shape[0]
+        return 0.0 * utterance_loss.sum()
+
+
+def test_compute_loss_hook_replaces_reduction() -> None:
+    plugin = _HalfWeights()
+    tr = _trainer(epochs=1, plugins=[plugin])
+    before = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    tr.model.unimodal_loss_weight = 0.0
+    tr.train_epoch()
+    assert plugin.n > 0
+    # Zero loss and no aux loss: Adam with zero gradients leaves the weights unchanged.
+    for k, v in tr.model.state_dict().items():
+        torch.testing.assert_close(v, before[k])
