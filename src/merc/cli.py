@@ -98,7 +98,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def dataset_rows(data_root: str | None) -> list[dict[str, Any]]:
     from merc.data.registry import get_dataset_spec, list_datasets, load_dataset
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in list_datasets():
         spec = get_dataset_spec(name)
         try:

@@ -25,7 +25,7 @@ class ConfigError(MercError, ValueError):
     """An unknown name, an invalid option or a malformed recipe/override."""
 
 
-def resolve_choice(kind: str, value: str, options: "list[str] | tuple[str, ...]") -> str:
+def resolve_choice(kind: str, value: str, options: list[str] | tuple[str, ...]) -> str:
     """Return ``value`` normalised if it is one of ``options``, else raise listing them.
 
     The single resolver for string choices (activation names, losses, schedules, ...), so

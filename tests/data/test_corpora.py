@@ -76,3 +76,13 @@ def test_meld7_label_distribution_matches_release() -> None:
 def test_missing_data_root_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(DataError, match="data root not found"):
         load_dataset("iemocap6", data_root=tmp_path / "nowhere")
+
+
+def test_meld_unknown_label_is_reported_with_line(tmp_path) -> None:
+    from merc.data.corpora import MELD7_LABELS, read_meld_csv
+
+    header = "Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,Season,Episode,StartTime,EndTime\n"
+    path = tmp_path / "train_sent_emo.csv"
+    path.write_text(header + '1,Hi,Ross,neutral,neutral,0,0,1,1,"0","0"\n2,Ho,Rachel,bored,neutral,0,1,1,1,"0","0"\n')
+    with pytest.raises(DataError, match=r"train_sent_emo.csv:3: unknown label 'bored'"):
+        read_meld_csv(path, "train", "Emotion", MELD7_LABELS)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 import torch
@@ -134,7 +135,7 @@ class Batch:
         return self.availability[..., self.modalities.index(modality)]
 
     def to(self, device: torch.device | str) -> Batch:
-        moved = {}
+        moved: dict[str, Any] = {}
         for f in fields(self):
             v = getattr(self, f.name)
             if isinstance(v, Tensor):

@@ -193,8 +193,9 @@ def build_corect_graph(
     **Direction**: ``window_owner="source"`` (default, as in the reference's
     ``edge_perms``) puts the window owner at ``edge_index[0]``: under PyG's
     source-to-target flow utterance ``i`` then *aggregates* from the utterances whose
-    windows contain it, i.e. its ``F - 1`` predecessors (past edges of later owners
-    are typed ``past``) and its ``P`` successors. ``window_owner="target"`` reverses
+    windows contain it: from its ``P`` successors over ``past``-typed edges (``i`` lies
+    in their past) and from its ``F - 1`` predecessors over ``future``-typed edges.
+    ``window_owner="target"`` reverses
     every temporal edge so that ``i`` aggregates from its own window (``P`` past,
     ``F - 1`` future), the paper's reading of eq. 6. Cross-modal edges come in both
     directions, so they are unaffected.

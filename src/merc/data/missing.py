@@ -4,7 +4,9 @@ Incomplete multimodal ERC (GCNet, Lian et al., TPAMI 2023; Mi-CGA, Nguyen et al.
 Neurocomputing 2025, Section 3.2.2) simulates missing modalities with an overall missing
 rate :math:`\rho`: every utterance drops a random subset of its :math:`M` modalities but
 keeps at least one, so :math:`\rho\in[0, (M-1)/M]` and there are :math:`2^M-1` patterns
-(7 for :math:`M=3`, Mi-CGA Fig. 3).
+(7 for :math:`M=3`, Mi-CGA Fig. 3). Both papers' rate grid ends at 0.7 for three
+modalities, which GCNet's mask code realises as one kept modality per utterance
+(:func:`check_rate`).
 
 Sampling scheme
 ---------------
@@ -77,13 +79,28 @@ def max_missing_rate(num_modalities: int) -> float:
 
 
 def check_rate(rate: float, num_modalities: int) -> float:
-    """Validate :math:`\\rho\\in[0, (M-1)/M]` (a float tolerance of 1e-9) and return it."""
+    """Validate a missing rate and return the effective one.
+
+    Rates in ``[0, (M-1)/M]`` are returned as given. The papers' grid ends at 0.7 for
+    three modalities, above :math:`2/3`: GCNet's mask code keeps exactly one modality per
+    utterance whenever the requested share of kept entries is at most :math:`1/M`, and
+    asserts the rate is at most 0.7 (three modalities) or 0.5 (two). Rates between
+    :math:`(M-1)/M` and that bound (:math:`(M-1)/M` rounded up to a tenth) follow the same
+    convention and return :math:`(M-1)/M`.
+
+    Raises:
+        DataError: a rate outside ``[0, ceil10((M-1)/M)]``.
+
+    >>> check_rate(0.7, 3) == 2 / 3, check_rate(0.5, 2)
+    (True, 0.5)
+    """
     rate = float(rate)
     top = max_missing_rate(num_modalities)
-    if not (0.0 <= rate <= top + 1e-9) or math.isnan(rate):
+    grid_top = math.ceil(top * 10 - 1e-9) / 10
+    if math.isnan(rate) or not 0.0 <= rate <= grid_top + 1e-9:
         raise DataError(
-            f"missing rate {rate} is outside [0, {top:.4g}] for {num_modalities} modalities: every utterance "
-            "keeps at least one modality (Mi-CGA Sec. 3.2.2)"
+            f"missing rate {rate} is outside [0, {grid_top:.4g}] for {num_modalities} modalities: every utterance "
+            f"keeps at least one modality (Mi-CGA Sec. 3.2.2; at most {top:.4g} missing)"
         )
     return min(rate, top)
 
@@ -237,7 +254,9 @@ def apply_missing(
 
     Args:
         dataset: A complete dataset (no missing entries in the splits to mask).
-        rate: Overall missing rate :math:`\\rho\\in[0,(M-1)/M]`, ``M`` = attached modalities.
+        rate: Overall missing rate :math:`\\rho\\in[0,(M-1)/M]`, ``M`` = attached modalities
+            (0.7 with three modalities means one kept modality per utterance, see
+            :func:`check_rate`; ``meta`` records the effective rate).
         seed: Mask seed; same seed, same masks (per dialogue id, see module docstring).
         splits: Splits to mask under ``"same-rate"``. Default all.
         protocol: ``"same-rate"`` (mask ``splits``) or ``"test-only"`` (mask the test split
@@ -245,8 +264,8 @@ def apply_missing(
 
     Returns:
         A new dataset: ``availability`` set and missing features zeroed in the masked
-        splits; ``meta["missing"]`` gains ``{"kind": "rate", "rate", "seed", "protocol",
-        "splits", "realized_rate"}``. The input is untouched.
+        splits; ``meta["missing"]`` gains ``{"kind": "rate", "requested_rate", "rate",
+        "seed", "protocol", "splits", "realized_rate"}``. The input is untouched.
 
     Raises:
         DataError: rate out of range, unknown split, or already-masked dialogues.
@@ -257,6 +276,7 @@ def apply_missing(
     True
     """
     cols = _columns(dataset)
+    requested = rate
     rate = check_rate(rate, len(cols))
     masked = _masked_splits(splits, protocol)
     new_splits: dict[str, list[Conversation]] = {}
@@ -271,7 +291,8 @@ def apply_missing(
             avail[:, cols] = sample_availability(len(conv), len(cols), rate, dialogue_rng(seed, conv.id))
             out.append(_with_availability(conv, avail, dataset.modalities))
         new_splits[split] = out
-    info = {"kind": "rate", "rate": rate, "seed": int(seed), "protocol": protocol, "splits": list(masked)}
+    info = {"kind": "rate", "requested_rate": float(requested), "rate": rate, "seed": int(seed), "protocol": protocol,
+            "splits": list(masked)}
     return _replace_splits(dataset, new_splits, info, masked)
 
 
@@ -346,7 +367,11 @@ def drop_available(availability: Tensor, rate: float, generator: torch.Generator
 
 # -- imputation --------------------------------------------------------------------------------
 def impute(
-    dataset: MercDataset, method: str = "zero", window: int | None = None, split: str = "train"
+    dataset: MercDataset,
+    method: str = "zero",
+    window: int | None = None,
+    split: str = "train",
+    reference: MercDataset | None = None,
 ) -> MercDataset:
     """Fill missing features (availability unchanged: models still see the mask).
 
@@ -373,6 +398,8 @@ def impute(
         method: ``"zero"``, ``"mean"`` or ``"neighbour"``.
         window: Neighbour window in turns (``None``: the whole dialogue).
         split: Split whose statistics ``"mean"`` uses.
+        reference: Dataset holding that split (default ``dataset``), e.g. the full
+            dataset when ``dataset`` is a test-only view.
 
     Returns:
         A new dataset; ``meta["imputation"]`` records the method.
@@ -380,7 +407,10 @@ def impute(
     method = resolve_choice("imputation method", method, list(IMPUTATION_METHODS))
     if window is not None and window < 1:
         raise DataError(f"neighbour window must be >= 1 turn, got {window}")
-    means = {m: feature_statistics(dataset, m, split)[0] for m in dataset.modalities} if method == "mean" else {}
+    source = reference if reference is not None else dataset
+    if method == "mean" and not source.splits.get(split):
+        raise DataError(f"mean imputation needs the {split!r} split for its statistics; pass reference=")
+    means = {m: feature_statistics(source, m, split)[0] for m in dataset.modalities} if method == "mean" else {}
     new_splits: dict[str, list[Conversation]] = {}
     for name, convs in dataset.splits.items():
         out = []

@@ -9,7 +9,7 @@ modalities and validates it. Label names, modalities and dims are read from the 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,7 +113,7 @@ def resolve_data_root(data_root: str | os.PathLike[str] | None = None) -> Path:
 
 def load_dataset(
     name: str,
-    modalities: str | tuple[str, ...] | None = None,
+    modalities: str | Sequence[str] | None = None,
     data_root: str | os.PathLike[str] | None = None,
     text_encoder: str | None = None,
     validate: bool = True,

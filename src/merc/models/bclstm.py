@@ -69,7 +69,7 @@ class BcLSTM(MercModel):
             {m: DialogueRNN(d, hidden_size, bidirectional=bidirectional) for m, d in self.in_dims.items()}
         )
         self.dense = nn.ModuleDict(
-            {m: nn.Linear(self.context[m].output_size, dense_size) for m in self.modalities}
+            {m: nn.Linear(2 * hidden_size if bidirectional else hidden_size, dense_size) for m in self.modalities}
         )
         self.unimodal_heads = nn.ModuleDict({m: nn.Linear(dense_size, num_classes) for m in self.modalities})
         fused_in = dense_size * len(self.modalities)
@@ -93,10 +93,11 @@ class BcLSTM(MercModel):
         hidden = self.drop(F.relu(self.fusion_dense(fused)))
         flat_hidden = batch.flatten(hidden)
         uni_logits = {m: self.unimodal_heads[m](batch.flatten(h)) for m, h in unimodal.items()}
-        aux = {}
+        aux: dict[str, torch.Tensor] = {}
         if self.unimodal_loss_weight > 0 and self.training:
             labels = batch.flat_labels
-            aux["unimodal_ce"] = self.unimodal_loss_weight * sum(
-                F.cross_entropy(lg, labels, ignore_index=IGNORE_INDEX) for lg in uni_logits.values()
-            )
+            unimodal_ce = torch.stack(
+                [F.cross_entropy(lg, labels, ignore_index=IGNORE_INDEX) for lg in uni_logits.values()]
+            ).sum()
+            aux["unimodal_ce"] = self.unimodal_loss_weight * unimodal_ce
         return ModelOutput(self.classifier(flat_hidden), uni_logits, aux, flat_hidden)

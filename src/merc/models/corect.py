@@ -241,6 +241,8 @@ class CORECT(MercModel):
         - output: ``logits`` ``[N, C]``; ``embeddings`` ``[N, H]``, the fused ``[G, Z]`` of eq. 14
     """
 
+    relation_lookup: Tensor  # long [15]: stable relation id -> RGCN relation index (-1 = unused)
+
     def __init__(
         self,
         in_dims: Mapping[str, int],
@@ -330,7 +332,8 @@ class CORECT(MercModel):
                 f"corect: {self.speaker_ids} speaker id {int(ids[batch.mask].max())} but the model has "
                 f"{rows} speaker embeddings; build it with the dataset's num_speakers/num_parties"
             )
-        return self.speaker_ratio * self.speaker_embedding(ids.clamp_max(rows - 1))
+        # Padded positions are never read; clamping keeps arbitrary padding values legal.
+        return self.speaker_ratio * self.speaker_embedding(ids.clamp(0, rows - 1))
 
     def encode(self, batch: Batch) -> dict[str, Tensor]:
         """Unimodal encoders plus speaker embedding (eq. 1-4): ``{m: [B, T, h]}``."""

@@ -316,7 +316,8 @@ class Trainer:
     def predict(self, items: Sequence[ConversationTensors]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Predicted labels, true labels and logits of all labelled utterances of ``items``."""
         self.model.eval()
-        preds, labels, logits = [], [], []
+        labels: list[Tensor] = []
+        logits: list[Tensor] = []
         for batch in iterate_batches(items, self.modalities, self.config.eval_batch_size):
             batch = batch.to(self.device)
             out = self.model(batch).logits

@@ -157,8 +157,21 @@ class DAGLayer(nn.Module):
         if windows is None:
             windows = predecessor_windows(adj)
         u = self.score_vectors(h_prev)
+        # Everything that depends on H^{l-1} only is computed for all positions at once (one
+        # large product instead of T small ones): the node unit's input gates and the
+        # context unit's hidden gates. Same parameters and maths as nn.GRUCell.
+        node_gi = F.linear(h_prev, self.gru_node.weight_ih, self.gru_node.bias_ih)  # [B, T, 3D]
+        ctx_gh = F.linear(h_prev, self.gru_context.weight_hh, self.gru_context.bias_hh)
+        # What depends on the message M_i is one product per step: [W_same W_other] for
+        # eq. 4 and the node unit's hidden gates stacked with the context unit's input gates.
+        w_rel = torch.cat((self.w_same.weight, self.w_other.weight), dim=1)  # [D, 2D]
+        w_msg = torch.cat((self.gru_node.weight_hh, self.gru_context.weight_ih), dim=0)  # [6D, D]
+        b_msg = torch.cat((self.gru_node.bias_hh, self.gru_context.bias_ih), dim=0)
         neg = torch.finfo(h_prev.dtype).min
         zero = h_prev.new_zeros(b, d)
+        # unbind once: indexing [:, i] inside the loop would make autograd scatter each
+        # step's gradient into a fresh full-size [B, T, .] buffer (quadratic in T).
+        xs, us, gis, ghs = (v.unbind(1) for v in (h_prev, u, node_gi, ctx_gh))
         states: list[Tensor] = []
         for i in range(t):
             w = windows[i]
@@ -166,20 +179,37 @@ class DAGLayer(nn.Module):
                 message = zero
             else:
                 ctx = torch.stack(states[i - w:i], dim=1)  # [B, w, D] current-layer predecessors
-                edge = adj[:, i, i - w:i]
-                same = same_speaker[:, i, i - w:i]
-                score = torch.bmm(ctx, u[:, i, :, None]).squeeze(-1)  # [B, w]
-                # A finite fill (not -inf) keeps rows without any edge (padding) NaN-free;
-                # multiplying by the mask then zeroes them.
-                attn = F.softmax(score.masked_fill(~edge, neg), dim=-1) * edge
-                by_relation = torch.stack((attn * same, attn * ~same), dim=1)  # [B, 2, w]
-                agg = torch.bmm(by_relation, ctx)  # [B, 2, D]
-                # W_r is linear, so sum_j a_ij W_r H_j = W_r sum_j a_ij H_j: two products per
-                # step instead of two per predecessor.
-                message = self.w_same(agg[:, 0]) + self.w_other(agg[:, 1])
-            x = h_prev[:, i]
-            states.append(self.gru_node(x, message) + self.gru_context(message, x))
+                message = self.aggregate(ctx, us[i], adj[:, i, i - w:i], same_speaker[:, i, i - w:i], w_rel, neg)
+            states.append(self.step(xs[i], message, gis[i], ghs[i], w_msg, b_msg))
         return torch.stack(states, dim=1) if states else h_prev.new_zeros(b, 0, d)
+
+    @staticmethod
+    def aggregate(ctx: Tensor, u: Tensor, edge: Tensor, same: Tensor, w_rel: Tensor, neg: float) -> Tensor:
+        """Eqs. 3-4 for position ``i`` of every dialogue: ``M_i [B, D]`` from predecessors ``ctx [B, w, D]``."""
+        score = torch.bmm(ctx, u.unsqueeze(-1)).squeeze(-1)  # [B, w]
+        # A finite fill (not -inf) keeps rows without any edge (padding) NaN-free;
+        # multiplying by the mask then zeroes them.
+        attn = F.softmax(score.masked_fill(~edge, neg), dim=-1) * edge
+        by_relation = torch.stack((attn * same, attn * ~same), dim=1)  # [B, 2, w]
+        # W_r is linear, so sum_j a_ij W_r H_j = W_r sum_j a_ij H_j: one product per step
+        # instead of one per predecessor.
+        agg = torch.bmm(by_relation, ctx).flatten(1)  # [B, 2D] = [same-speaker sum, other sum]
+        return agg @ w_rel.t()
+
+    def step(self, x: Tensor, message: Tensor, node_gi: Tensor, ctx_gh: Tensor, w_msg: Tensor, b_msg: Tensor) -> Tensor:
+        """Eqs. 5-6 at one position: ``GRU_H(x, M) + GRU_M(M, x)`` with precomputed ``x`` gates."""
+        node_gh, ctx_gi = torch.addmm(b_msg, message, w_msg.t()).chunk(2, dim=-1)
+        return _gru(node_gi, node_gh, message) + _gru(ctx_gi, ctx_gh, x)
+
+
+def _gru(gi: Tensor, gh: Tensor, h: Tensor) -> Tensor:
+    """``nn.GRUCell`` from its two gate pre-activations (gate order r, z, n as in PyTorch)."""
+    i_r, i_z, i_n = gi.chunk(3, dim=-1)
+    h_r, h_z, h_n = gh.chunk(3, dim=-1)
+    r = torch.sigmoid(i_r + h_r)
+    z = torch.sigmoid(i_z + h_z)
+    n = torch.tanh(i_n + r * h_n)
+    return n + z * (h - n)
 
 
 __all__ = ["DAGLayer", "dag_adjacency", "predecessor_windows"]

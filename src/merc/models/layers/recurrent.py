@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import torch
+from typing import Any
+
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from merc.errors import resolve_choice
 
-_RNNS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU}
+_RNNS: dict[str, Any] = {"lstm": nn.LSTM, "gru": nn.GRU}
 
 
 class DialogueRNN(nn.Module):
@@ -41,7 +42,7 @@ class DialogueRNN(nn.Module):
     ) -> None:
         super().__init__()
         rnn_cls = _RNNS[resolve_choice("recurrent cell", cell, list(_RNNS))]
-        self.rnn = rnn_cls(
+        self.rnn: nn.Module = rnn_cls(
             input_size, hidden_size, num_layers=num_layers, batch_first=True,
             bidirectional=bidirectional, dropout=dropout if num_layers > 1 else 0.0,
         )
@@ -60,4 +61,4 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int = 1) -> Tensor:
     return (x * m).sum(dim) / m.sum(dim).clamp_min(1.0)
 
 
-__all__ = ["DialogueRNN", "masked_mean", "torch"]
+__all__ = ["DialogueRNN", "masked_mean"]
