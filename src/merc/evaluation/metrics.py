@@ -45,7 +45,7 @@ def metrics_from_confusion(cm: np.ndarray, label_names: Sequence[str] | None = N
     # scikit-learn's macro average runs over the labels seen in truth or prediction.
     seen = present | (predicted > 0)
     return {
-        "accuracy": 100.0 * tp.sum() / total if total else 0.0,
+        "accuracy": float(100.0 * tp.sum() / total) if total else 0.0,
         "weighted_f1": 100.0 * float((f1 * support).sum() / total) if total else 0.0,
         "macro_f1": 100.0 * float(f1[seen].mean()) if seen.any() else 0.0,
         "ua": 100.0 * float(recall[present].mean()) if present.any() else 0.0,
