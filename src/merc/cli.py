@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     _add_data_root(p)
 
+    from merc.evaluation.robustness import add_robustness_arguments
+
+    add_robustness_arguments(sub.add_parser(
+        "robustness", help="metric vs missing-modality rate (and per-modality drops), table + plot"))
+
     p = sub.add_parser("demo", help="the main job: bc-LSTM on synthetic data, all modalities, 3 seeds")
     p.add_argument("--out", default="runs/demo")
     return parser
@@ -178,7 +183,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "datasets": cmd_datasets, "models": cmd_models,
+def cmd_robustness(args: argparse.Namespace) -> int:
+    from merc.evaluation.robustness import robustness_main
+
+    return int(robustness_main(args) or 0)
+
+
+COMMANDS = {"robustness": cmd_robustness, "train": cmd_train, "evaluate": cmd_evaluate, "datasets": cmd_datasets, "models": cmd_models,
             "extract": cmd_extract, "export": cmd_export, "demo": cmd_demo}
 
 

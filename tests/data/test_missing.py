@@ -156,6 +156,9 @@ def test_mask_file_for_another_dataset_is_refused(synthetic: MercDataset, tmp_pa
     path = save_masks(apply_missing(synthetic, 0.3, seed=0), tmp_path / "m.npz")
     with pytest.raises(DataError, match="no mask for dialogue"):
         load_masks(make_dataset(), path)
+    # Masks drawn over t, a, v may keep only v: not valid for the t+a view of the data.
+    with pytest.raises(DataError, match="keeps none"):
+        load_masks(synthetic.with_modalities("ta"), path)
 
 
 def _tiny_incomplete() -> MercDataset:

@@ -61,9 +61,9 @@ def test_train_complete_protocol(trained_run, tiny: MercDataset) -> None:
     assert all(r["realized_rate"] == pytest.approx(2 / 3) for r in by_name["rate=0.70"]["runs"])
     assert all(r["realized_rate"] == pytest.approx(1 / 3) for r in by_name["drop=a"]["runs"])
     # Masks were written once and are reused: a second sweep gives identical numbers.
-    files = sorted((run / MASK_DIR / "test-only").glob("*.npz"))
+    files = sorted((run / MASK_DIR / "test-only" / "tav").glob("*.npz"))
     assert [f.name for f in files][:2] == ["drop-a_seed0.npz", "drop-a_seed1.npz"]
-    masks, meta = read_masks(run / MASK_DIR / "test-only" / "rate0.30_seed1.npz")
+    masks, meta = read_masks(run / MASK_DIR / "test-only" / "tav" / "rate0.30_seed1.npz")
     assert set(masks) == {c.id for c in tiny.splits["test"]} and meta["condition"] == "rate=0.30"
     again = robustness_from_run(run, rates=(0.3,), drops=(), mask_seeds=(0, 1), dataset=tiny)
     assert again["conditions"][0]["metrics"] == by_name["rate=0.30"]["metrics"]
@@ -81,7 +81,7 @@ def test_retrain_protocol_masks_every_split(tiny: MercDataset, tmp_path) -> None
                                    overrides=["training.epochs=1", *SMALL])
     assert [c["name"] for c in rep["conditions"]] == ["rate=0.00", "rate=0.50", "drop=v"]
     assert (tmp_path / "micga" / "rate0.50" / "mask_0" / "results.json").is_file()
-    masks, _ = read_masks(tmp_path / MASK_DIR / "same-rate" / "rate0.50_seed0.npz")
+    masks, _ = read_masks(tmp_path / MASK_DIR / "same-rate" / "tav" / "rate0.50_seed0.npz")
     train_ids = {c.id for c in tiny.splits["train"]}
     train = np.concatenate([masks[i] for i in train_ids])
     assert 0.3 < 1 - train.mean() < 0.7  # the training split is masked too

@@ -55,15 +55,17 @@ import math
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from merc.data.schema import MODALITIES, SPLITS, Conversation, MercDataset, parse_modalities
 from merc.data.transforms import feature_statistics
 from merc.errors import DataError, resolve_choice
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
 
 MISSING_PROTOCOLS: tuple[str, ...] = ("same-rate", "test-only")
 IMPUTATION_METHODS: tuple[str, ...] = ("zero", "mean", "neighbour")
@@ -354,6 +356,8 @@ def drop_available(availability: Tensor, rate: float, generator: torch.Generator
     Returns:
         ``bool [..., M]``: the entries to hide (subset of ``availability``).
     """
+    import torch  # deferred: the dataset-side functions of this module need numpy only
+
     if rate <= 0.0:
         return torch.zeros_like(availability)
     u = torch.rand(availability.shape, generator=generator, device=availability.device)
@@ -505,12 +509,15 @@ def load_masks(dataset: MercDataset, path: str | Path) -> MercDataset:
     """Apply a :func:`save_masks` file to ``dataset`` (complete or not): identical masks.
 
     Every dialogue of the dataset must be in the file with the same number of
-    utterances; missing features are zeroed.
+    utterances, and every utterance must keep one of the dataset's modalities; missing
+    features are zeroed.
 
     Raises:
-        DataError: a dialogue is absent from the file or its length differs.
+        DataError: a dialogue is absent from the file, its length differs, or an
+            utterance would keep none of the attached modalities.
     """
     masks, meta = read_masks(path)
+    cols = _columns(dataset)
     new_splits: dict[str, list[Conversation]] = {}
     for split, convs in dataset.splits.items():
         out = []
@@ -520,6 +527,9 @@ def load_masks(dataset: MercDataset, path: str | Path) -> MercDataset:
             avail = masks[conv.id]
             if avail.shape != (len(conv), len(MODALITIES)):
                 raise DataError(f"{path}: dialogue {conv.id!r} has {len(conv)} utterances, the mask {avail.shape[0]}")
+            if not avail[:, cols].any(1).all():
+                raise DataError(f"{path}: an utterance of {conv.id!r} keeps none of the modalities "
+                                f"{''.join(dataset.modalities)}; the masks were made for other modalities")
             out.append(_with_availability(conv, avail.copy(), dataset.modalities))
         new_splits[split] = out
     info = {"kind": "file", "path": str(path), "source": meta.get("missing", [])}

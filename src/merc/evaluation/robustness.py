@@ -32,11 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from merc.config import load_yaml
 from merc.config import recipe_path as find_recipe
-from merc.data.batching import to_tensors
 from merc.data.missing import (
     IMPUTATION_METHODS,
     apply_missing,
@@ -47,15 +45,14 @@ from merc.data.missing import (
     realized_missing_rate,
     save_masks,
 )
-from merc.data.registry import load_dataset
 from merc.data.schema import MercDataset, parse_modalities
 from merc.errors import ConfigError, DataError, resolve_choice
 from merc.evaluation.aggregate import aggregate_seeds
 from merc.evaluation.metrics import HEADLINE_METRICS
 from merc.evaluation.report import METRIC_TITLES
-from merc.training.runner import model_for, prepare_dataset, resolve_recipe, run_experiment
-from merc.training.trainer import BEST_WEIGHTS, TrainConfig, Trainer
 
+# torch, the trainer and the models are imported inside the functions that use them: the
+# CLI builds this command's parser (add_robustness_arguments) for every `merc` call.
 log = logging.getLogger(__name__)
 
 #: Mi-CGA Table 3 / GCNet missing-rate grid.
@@ -124,10 +121,13 @@ def mask_condition(
 ) -> MercDataset:
     """``dataset`` under ``condition``, reading/writing the masks in ``mask_dir`` if given.
 
-    The file ``<mask_dir>/<protocol>/<slug>_seed<seed>.npz`` is created on first use and
-    applied (:func:`merc.data.missing.load_masks`) on every later call.
+    The file ``<mask_dir>/<protocol>/<modalities>/<slug>_seed<seed>.npz`` is created on
+    first use and applied (:func:`merc.data.missing.load_masks`) on every later call;
+    masks of ``tav`` and ``ta`` differ (a rate is spread over the attached modalities).
     """
-    path = Path(mask_dir) / protocol / f"{condition.slug}_seed{seed}.npz" if mask_dir is not None else None
+    path = None
+    if mask_dir is not None:
+        path = Path(mask_dir) / protocol / "".join(dataset.modalities) / f"{condition.slug}_seed{seed}.npz"
     if path is not None and path.is_file():
         return load_masks(dataset, path)
     if condition.kind == "rate":
@@ -187,6 +187,12 @@ def robustness_from_run(
     Returns:
         The model's report (see :func:`write_robustness_report`).
     """
+    import torch
+
+    from merc.data.batching import to_tensors
+    from merc.training.runner import model_for, prepare_dataset
+    from merc.training.trainer import BEST_WEIGHTS, TrainConfig, Trainer
+
     run = Path(run_dir)
     if not (run / "config.yaml").is_file():
         raise ConfigError(f"{run} is not a merc run folder (no config.yaml); pass the --out of `merc train`")
@@ -199,7 +205,7 @@ def robustness_from_run(
     conditions, skipped = make_conditions(mods, rates, drops)
     mask_dir = Path(mask_dir) if mask_dir is not None else run / MASK_DIR
 
-    trainers: dict[int, Trainer] = {}
+    trainers: dict[int, Any] = {}
     for seed in info["seeds"]:
         weights = run / f"seed_{seed}" / BEST_WEIGHTS
         if not weights.is_file():
@@ -257,6 +263,9 @@ def robustness_by_retraining(
     Returns:
         The model's report (see :func:`write_robustness_report`).
     """
+    from merc.data.registry import load_dataset
+    from merc.training.runner import prepare_dataset, resolve_recipe, run_experiment
+
     mods = parse_modalities(modalities)
     imputation = resolve_choice("imputation method", imputation, list(IMPUTATION_METHODS))
     out = Path(out_dir)
@@ -293,10 +302,10 @@ def robustness_by_retraining(
 
 # -- report ------------------------------------------------------------------------------------
 def _labels(reports: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Curve labels: the model name, told apart by protocol, then source, when repeated."""
+    """Curve labels: ``label`` or the model name; repeated names get their source folder."""
     names = [str(r.get("label") or r["model"]) for r in reports]
-    names = [n if names.count(n) == 1 else f"{n} ({r['protocol']})" for n, r in zip(names, reports)]
-    return [n if names.count(n) == 1 else f"{n} {Path(str(r['source'])).name}" for n, r in zip(names, reports)]
+    return [n if names.count(n) == 1 else f"{n} ({Path(str(r['source'])).name}, {r['protocol']})"
+            for n, r in zip(names, reports)]
 
 
 def _cell(entry: Mapping[str, Any] | None, metric: str) -> str:

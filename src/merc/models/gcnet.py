@@ -170,8 +170,8 @@ class GCNet(MercModel):
             fact). Default 2 (the code asserts at most two).
         hidden_size: ``D_e``, LSTM units per direction of the base encoder. Default 50,
             the smallest of the code's sweep (``run_gcnet.sh``: 50, 100, 200); the recipe
-            uses README's IEMOCAP-6 value 200 (a 22.8M-parameter model; the graph
-            networks' BiLSTMs are ``D_h = 1.5 * 2 D_e`` wide).
+            uses README's IEMOCAP-6 value 200 (23M parameters on synthetic data: each graph
+            network's 2-layer BiLSTM is ``D_h = 2.5 D_e`` units wide).
         graph_hidden_size: ``G``; ``None`` gives ``hidden_size // 2`` as in the code.
         window_past: Past context of the graph edges. Default 2 (``--windowp=2``).
         window_future: Future context. Default 2 (``--windowf=2``).

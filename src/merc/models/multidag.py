@@ -35,7 +35,7 @@ from torch import nn
 from merc.data.batching import Batch
 from merc.errors import ConfigError
 from merc.models.base import MercModel
-from merc.models.layers.dag import DAGLayer, dag_adjacency, predecessor_windows
+from merc.models.layers.dag import DAGLayer, dag_adjacency, dag_schedule
 from merc.models.layers.recurrent import DialogueRNN
 from merc.models.output import ModelOutput
 from merc.models.registry import register_model
@@ -127,11 +127,11 @@ class MultiDAG(MercModel):
         self.check_batch(batch)
         x = self.encode(batch)
         adj, same = dag_adjacency(batch.lengths, batch.parties, self.speaker_window)
-        windows = predecessor_windows(adj)  # one host sync per batch, shared by all layers
+        schedule = dag_schedule(batch.lengths, adj)  # one host sync per batch, shared by all layers
         h = F.relu(self.input_proj(x))
         states = [h]
         for layer in self.layers:
-            h = layer(h, adj, same, windows)
+            h = layer(h, adj, same, batch.lengths, schedule)
             states.append(h)
         states.append(x)
         # Classify only real utterances: flatten before the MLP.

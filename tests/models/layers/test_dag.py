@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from merc.errors import ConfigError
-from merc.models.layers.dag import DAGLayer, dag_adjacency, predecessor_windows
+from merc.models.layers.dag import DAGLayer, dag_adjacency, dag_schedule, predecessor_windows
 
 
 def _reference_adjacency(speakers: list[int], window: int, t: int) -> torch.Tensor:
@@ -84,6 +84,16 @@ def test_predecessor_windows() -> None:
     assert predecessor_windows(adj) == [0, 1, 2, 3, 4]
 
 
+def test_schedule_sorts_longest_first_and_counts_running_dialogues() -> None:
+    lengths = torch.tensor([2, 5, 1, 5])
+    adj, _ = dag_adjacency(lengths, torch.zeros(4, 5, dtype=torch.long))
+    sched = dag_schedule(lengths, adj)
+    assert sched.order.tolist() == [1, 3, 0, 2]
+    assert sched.order[sched.inverse].tolist() == [0, 1, 2, 3]
+    assert sched.active == [4, 3, 2, 2, 2]
+    assert sched.windows == [0, 1, 1, 1, 1]
+
+
 def _reference_layer(layer: DAGLayer, h_prev: torch.Tensor, speakers: list[int], window: int,
                      query_w: torch.Tensor, query_b: torch.Tensor) -> torch.Tensor:
     """One dialogue, one utterance at a time, eqs. 3-6 written out per predecessor.
@@ -123,7 +133,7 @@ def test_layer_matches_per_utterance_reference(attention: str, window: int) -> N
     lengths, spk = _random_batch(3, [1, 8, 5, 11], parties=3)
     h_prev = torch.randn(len(lengths), spk.shape[1], d, dtype=torch.float64)
     adj, same = dag_adjacency(lengths, spk, window)
-    out = layer(h_prev, adj, same)
+    out = layer(h_prev, adj, same, lengths)
     assert out.shape == h_prev.shape
     qw, qb = torch.randn(d, dtype=torch.float64), torch.randn((), dtype=torch.float64)
     for b, n in enumerate(lengths.tolist()):
@@ -137,8 +147,9 @@ def test_layer_padding_rows_stay_finite_and_get_no_gradient_nan() -> None:
     lengths, spk = _random_batch(1, [2, 9])
     h_prev = torch.randn(2, 9, 6, requires_grad=True)
     adj, same = dag_adjacency(lengths, spk)
-    out = layer(h_prev, adj, same)
+    out = layer(h_prev, adj, same, lengths)
     assert torch.isfinite(out).all()
+    assert out[0, 2:].abs().sum() == 0  # padding is never computed
     out[0, :2].sum().backward()
     assert torch.isfinite(h_prev.grad).all()
     # Dialogue 0 never reads dialogue 1.

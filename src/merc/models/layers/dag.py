@@ -17,6 +17,8 @@ Two pieces, both vectorised over the dialogues of a padded batch:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -85,10 +87,40 @@ def predecessor_windows(adj: Tensor) -> list[int]:
         - output: ``T`` python ints, ``0`` where no dialogue has a predecessor
     """
     t = adj.shape[-1]
+    if t == 0:
+        return []
     has = adj.any(-1)  # [B, T]
     first = adj.to(torch.int8).argmax(-1)  # first true column (0 when none)
     reach = torch.where(has, torch.arange(t, device=adj.device)[None, :] - first, torch.zeros_like(first))
-    return [int(w) for w in reach.amax(0).tolist()] if t else []
+    return [int(w) for w in reach.amax(0).tolist()]
+
+
+@dataclass(frozen=True)
+class DAGSchedule:
+    """How a batch is walked position by position; built once, shared by all layers.
+
+    Attributes:
+        order: ``long [B]`` dialogues by decreasing length. In this order the dialogues
+            still running at position ``i`` are a prefix of the batch, so a step works on
+            a view of the first ``active[i]`` rows and padding is never computed.
+        inverse: ``long [B]`` the permutation undoing ``order``.
+        active: Per position, how many dialogues are longer than it.
+        windows: Per position, :func:`predecessor_windows`.
+    """
+
+    order: Tensor
+    inverse: Tensor
+    active: list[int]
+    windows: list[int]
+
+
+def dag_schedule(lengths: Tensor, adj: Tensor) -> DAGSchedule:
+    """The :class:`DAGSchedule` of a batch (one host synchronisation)."""
+    t = adj.shape[-1]
+    lengths = lengths.to(adj.device)
+    order = torch.argsort(lengths, descending=True, stable=True)
+    active = (lengths[None, :] > torch.arange(t, device=adj.device)[:, None]).sum(1)
+    return DAGSchedule(order, torch.argsort(order), [int(a) for a in active.tolist()], predecessor_windows(adj))
 
 
 class DAGLayer(nn.Module):
@@ -121,10 +153,14 @@ class DAGLayer(nn.Module):
         hidden_size: State size ``D`` (input and output).
         attention: ``"linear"`` (paper, default) or ``"dot"``.
 
+    Forward arguments: ``h_prev`` (:math:`H^{l-1}`), ``adj`` and ``same_speaker`` from
+    :func:`dag_adjacency`, ``lengths``, and optionally the batch's :class:`DAGSchedule`
+    (built from ``lengths`` and ``adj`` when not given; pass it to share it across layers).
+
     Shapes:
-        - input: ``h_prev [B, T, D]``, ``adj`` and ``same_speaker`` ``bool [B, T, T]``
-          from :func:`dag_adjacency`
-        - output: ``[B, T, D]`` (values at padding are meaningless; nothing reads them)
+        - input: ``h_prev [B, T, D]``, ``adj`` and ``same_speaker`` ``bool [B, T, T]``,
+          ``lengths [B]``
+        - output: ``[B, T, D]``, zero at padding
     """
 
     def __init__(self, hidden_size: int, attention: str = "linear") -> None:
@@ -151,11 +187,14 @@ class DAGLayer(nn.Module):
         return self.query(h_prev) @ self.key.weight
 
     def forward(
-        self, h_prev: Tensor, adj: Tensor, same_speaker: Tensor, windows: list[int] | None = None
+        self, h_prev: Tensor, adj: Tensor, same_speaker: Tensor, lengths: Tensor,
+        schedule: DAGSchedule | None = None,
     ) -> Tensor:
         b, t, d = h_prev.shape
-        if windows is None:
-            windows = predecessor_windows(adj)
+        if schedule is None:
+            schedule = dag_schedule(lengths, adj)
+        order = schedule.order
+        h_prev, adj, same_speaker = h_prev[order], adj[order], same_speaker[order]
         u = self.score_vectors(h_prev)
         # Everything that depends on H^{l-1} only is computed for all positions at once (one
         # large product instead of T small ones): the node unit's input gates and the
@@ -174,14 +213,24 @@ class DAGLayer(nn.Module):
         xs, us, gis, ghs = (v.unbind(1) for v in (h_prev, u, node_gi, ctx_gh))
         states: list[Tensor] = []
         for i in range(t):
-            w = windows[i]
+            n, w = schedule.active[i], schedule.windows[i]
+            if n == 0:  # only padding from here on
+                states.extend([zero] * (t - i))
+                break
             if w == 0:
-                message = zero
+                message = zero[:n]
             else:
-                ctx = torch.stack(states[i - w:i], dim=1)  # [B, w, D] current-layer predecessors
-                message = self.aggregate(ctx, us[i], adj[:, i, i - w:i], same_speaker[:, i, i - w:i], w_rel, neg)
-            states.append(self.step(xs[i], message, gis[i], ghs[i], w_msg, b_msg))
-        return torch.stack(states, dim=1) if states else h_prev.new_zeros(b, 0, d)
+                # Rows are sorted by length, so the n running dialogues are rows :n of every
+                # earlier state too (an earlier position has at least as many running).
+                ctx = torch.stack([s[:n] for s in states[i - w:i]], dim=1)  # [n, w, D]
+                message = self.aggregate(
+                    ctx, us[i][:n], adj[:n, i, i - w:i], same_speaker[:n, i, i - w:i], w_rel, neg
+                )
+            states.append(self.step(xs[i][:n], message, gis[i][:n], ghs[i][:n], w_msg, b_msg))
+        if not states:
+            return h_prev.new_zeros(b, 0, d)
+        out = torch.stack([F.pad(s, (0, 0, 0, b - s.shape[0])) for s in states], dim=1)
+        return out[schedule.inverse]
 
     @staticmethod
     def aggregate(ctx: Tensor, u: Tensor, edge: Tensor, same: Tensor, w_rel: Tensor, neg: float) -> Tensor:
@@ -212,4 +261,4 @@ def _gru(gi: Tensor, gh: Tensor, h: Tensor) -> Tensor:
     return n + z * (h - n)
 
 
-__all__ = ["DAGLayer", "dag_adjacency", "predecessor_windows"]
+__all__ = ["DAGLayer", "DAGSchedule", "dag_adjacency", "dag_schedule", "predecessor_windows"]

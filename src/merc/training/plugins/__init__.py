@@ -40,3 +40,5 @@ def build_plugins(recipe: dict[str, Any], dataset: MercDataset) -> list[TrainerP
 
 
 __all__ = ["TrainerPlugin", "build_plugins", "register_plugin"]
+
+from merc.training.plugins import curriculum  # noqa: E402,F401
