@@ -130,3 +130,23 @@ def test_real_process_prints_no_traceback(tmp_path) -> None:
                            "--out", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("merc: error: unknown dataset") and "Traceback" not in proc.stderr
+
+
+def test_curriculum_flag_defaults_follow_table_4() -> None:
+    from merc.cli import curriculum_overrides
+
+    assert curriculum_overrides("emotion-shift", None, "iemocap6") == ["curriculum.strategy=emotion-shift", "curriculum.buckets=5"]
+    assert curriculum_overrides("emotion-shift", None, "meld7")[-1] == "curriculum.buckets=12"
+    assert curriculum_overrides("emotion-shift", 3, "synthetic")[-1] == "curriculum.buckets=3"
+    assert curriculum_overrides(None, None, "meld7") == []
+
+
+def test_train_with_curriculum_records_it(tmp_path) -> None:
+    run = tmp_path / "run"
+    argv = ["train", "--model", "bclstm", "--dataset", "synthetic", "--modalities", "t", "--out", str(run), "--quiet",
+            "--curriculum", "emotion-shift", "--buckets", "3", "training.epochs=2", "model.hidden_size=8"]
+    assert main(argv) == 0
+    import yaml
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["curriculum"] == {"strategy": "emotion-shift", "buckets": 3}

@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="recipe YAML instead of configs/<model>/<dataset>.yaml")
     p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1 ...")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--curriculum", default=None, choices=["emotion-shift", "none"],
+                   help="curriculum plug-in (MultiDAG+CL): emotion-shift difficulty, baby-step buckets")
+    p.add_argument("--buckets", type=int, default=None,
+                   help="curriculum buckets (default: 5 for IEMOCAP, 12 for MELD, as in MultiDAG+CL Table 4)")
     _add_data_root(p)
     p.add_argument("overrides", nargs="*", help="recipe overrides section.key=value, e.g. training.lr=3e-4")
 
@@ -79,13 +83,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: MultiDAG+CL Table 4: the best number of curriculum buckets per corpus.
+DEFAULT_BUCKETS = {"iemocap": 5, "meld": 12}
+
+
+def curriculum_overrides(curriculum: str | None, buckets: int | None, dataset: str) -> list[str]:
+    """``--curriculum/--buckets`` as recipe overrides (``curriculum.strategy=...``)."""
+    if curriculum is None:
+        if buckets is not None:
+            raise MercError("--buckets needs --curriculum emotion-shift")
+        return []
+    if curriculum == "none":
+        return ["curriculum.strategy=none"]
+    if buckets is None:
+        corpus = next((c for c in DEFAULT_BUCKETS if dataset.lower().startswith(c)), None)
+        if corpus is None:
+            raise MercError(f"no default curriculum bucket count for dataset {dataset!r}; pass --buckets K")
+        buckets = DEFAULT_BUCKETS[corpus]
+    return [f"curriculum.strategy={curriculum}", f"curriculum.buckets={buckets}"]
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from merc.evaluation.report import print_results
     from merc.training.runner import run_experiment
 
+    overrides = curriculum_overrides(args.curriculum, args.buckets, args.dataset) + list(args.overrides)
     results = run_experiment(
         args.model, args.dataset, args.modalities, args.seeds, args.out, data_root=args.data_root,
-        overrides=args.overrides, recipe_path=args.config, device=args.device, show_progress=not args.quiet,
+        overrides=overrides, recipe_path=args.config, device=args.device, show_progress=not args.quiet,
     )
     print_results(results)
     print(f"results: {Path(args.out) / 'results.json'}")

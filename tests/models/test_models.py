@@ -102,6 +102,6 @@ def test_overfits_a_tiny_set(name: str) -> None:
     torch.manual_seed(0)
     model = _build(name, "tav")
     trainer = Trainer(model, to_tensors(ds), ds.modalities, ds.num_classes,
-                      TrainConfig(epochs=60, lr=0.01, batch_size=5, patience=0, show_progress=False, clip_grad_norm=5.0))
+                      TrainConfig(epochs=60, lr=0.003, batch_size=5, patience=0, show_progress=False, clip_grad_norm=5.0))
     trainer.fit()
     assert trainer.evaluate(trainer.train_items)["accuracy"] >= 95.0

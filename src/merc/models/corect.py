@@ -65,6 +65,7 @@ from merc.data.graphs import (
 from merc.errors import ConfigError, DataError, resolve_choice
 from merc.models.base import MercModel
 from merc.models.layers.crossmodal import CrossModalTransformer
+from merc.models.layers.transformer import PackedTransformerEncoderLayer
 from merc.models.output import ModelOutput
 from merc.models.registry import register_model
 
@@ -100,9 +101,15 @@ def _fully_connected(in_dim: int, hidden: int) -> nn.Sequential:
 class TextTransformerEncoder(nn.Module):
     """eq. 1: Transformer encoder over a dialogue's utterance features, then Linear to ``h``.
 
+    PyTorch's post-norm ReLU ``nn.TransformerEncoder`` (as the reference), its layers
+    run on the real utterances only
+    (:meth:`merc.models.layers.transformer.PackedTransformerEncoderLayer.forward_packed`):
+    attention masks the padding of each dialogue, everything else never sees it.
+
     Shapes:
-        - input: ``[B, T, d]`` and padding mask ``bool [B, T]`` (true = padding)
-        - output: ``[B, T, h]``
+        - input: ``[N, d]`` real utterances (``Batch.flat_index`` order), ``flat_index``
+          ``long [N]`` and padding mask ``bool [B, T]`` (true = padding)
+        - output: ``[N, h]``
     """
 
     def __init__(self, in_dim: int, hidden: int, num_layers: int, num_heads: int, ffn_size: int, dropout: float) -> None:
@@ -110,13 +117,17 @@ class TextTransformerEncoder(nn.Module):
         heads = num_heads or auto_text_heads(in_dim)
         if in_dim % heads:
             raise ConfigError(f"CORECT text encoder: feature dim {in_dim} is not divisible by {heads} heads")
-        layer = nn.TransformerEncoderLayer(in_dim, heads, dim_feedforward=ffn_size, dropout=dropout, batch_first=True)
-        # No nested tensors: the fast path would change numerics with the amount of padding.
+        layer = PackedTransformerEncoderLayer(in_dim, heads, dim_feedforward=ffn_size, dropout=dropout, batch_first=True)
+        # nn.TransformerEncoder only holds the layers (its cloning gives every layer the
+        # same initial weights, as in PyTorch and the reference); forward runs them packed.
         self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        self.layers: list[PackedTransformerEncoderLayer] = list(self.encoder.layers)  # type: ignore[arg-type]
         self.out = nn.Linear(in_dim, hidden)
 
-    def forward(self, x: Tensor, padding: Tensor) -> Tensor:
-        return self.out(self.encoder(x, src_key_padding_mask=padding))
+    def forward(self, x: Tensor, flat_index: Tensor, padding: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = layer.forward_packed(x, flat_index, padding)
+        return self.out(x)
 
 
 class RTGCN(nn.Module):
@@ -324,34 +335,33 @@ class CORECT(MercModel):
         return [names[i] for i in self.relation_ids]
 
     def _speaker_vectors(self, batch: Batch) -> Tensor:
+        """``[N, h]`` speaker embeddings of the real utterances (eq. 3-4, times ``eta``)."""
         assert self.speaker_embedding is not None
-        ids = batch.speakers if self.speaker_ids == "global" else batch.parties
+        ids = batch.flatten(batch.speakers if self.speaker_ids == "global" else batch.parties)
         rows = self.speaker_embedding.num_embeddings
-        if batch.mask.any() and int(ids[batch.mask].max()) >= rows:
+        if ids.numel() and int(ids.max()) >= rows:
             raise DataError(
-                f"corect: {self.speaker_ids} speaker id {int(ids[batch.mask].max())} but the model has "
+                f"corect: {self.speaker_ids} speaker id {int(ids.max())} but the model has "
                 f"{rows} speaker embeddings; build it with the dataset's num_speakers/num_parties"
             )
-        # Padded positions are never read; clamping keeps arbitrary padding values legal.
-        return self.speaker_ratio * self.speaker_embedding(ids.clamp(0, rows - 1))
+        return self.speaker_ratio * self.speaker_embedding(ids)
 
     def encode(self, batch: Batch) -> dict[str, Tensor]:
-        """Unimodal encoders plus speaker embedding (eq. 1-4): ``{m: [B, T, h]}``."""
+        """Unimodal encoders plus speaker embedding (eq. 1-4) of the real utterances: ``{m: [N, h]}``."""
         padding = ~batch.mask
+        speaker = self._speaker_vectors(batch) if self.speaker_embedding is not None else None
         out = {}
         for m in self.modalities:
             enc = self.encoders[m]
-            x = batch.features[m]
-            out[m] = enc(x, padding) if isinstance(enc, TextTransformerEncoder) else enc(x)
-        if self.speaker_embedding is not None:
-            speaker = self._speaker_vectors(batch)
-            out = {m: x + speaker for m, x in out.items()}
+            x = batch.flatten(batch.features[m])
+            h = enc(x, batch.flat_index, padding) if isinstance(enc, TextTransformerEncoder) else enc(x)
+            out[m] = h + speaker if speaker is not None else h
         return out
 
     def forward(self, batch: Batch) -> ModelOutput:
         self.check_batch(batch)
         encoded = self.encode(batch)
-        flat = [batch.flatten(encoded[m]) for m in self.modalities]  # M x [N, h]
+        flat = [encoded[m] for m in self.modalities]  # M x [N, h]
         n_utt = batch.num_utterances
         parts = []
         if self.rtgcn is not None:
@@ -365,6 +375,8 @@ class CORECT(MercModel):
             # Node k * N + n is utterance n in modality k: regroup per utterance.
             parts.append(nodes.view(len(self.modalities), n_utt, -1).transpose(0, 1).reshape(n_utt, -1))
         if self.pcm is not None:
-            parts.append(batch.flatten(self.pcm(encoded, ~batch.mask)))
+            # P-CM attends within dialogues: padded [B, T, h] with key masks; padded rows are dropped.
+            padded = {m: batch.unflatten(encoded[m]) for m in self.modalities}
+            parts.append(batch.flatten(self.pcm(padded, ~batch.mask)))
         fused = torch.cat(parts or flat, dim=-1)
         return ModelOutput(logits=self.classifier(fused), embeddings=fused)

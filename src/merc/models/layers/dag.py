@@ -12,7 +12,9 @@ Two pieces, both vectorised over the dialogues of a padded batch:
   layer wants the dense mask).
 - :class:`DAGLayer` is one DAG-GNN layer. Nodes are computed in topological order, i.e.
   position by position; position ``i`` of *every* dialogue in the batch is computed in one
-  step, so a forward pass costs ``T = max(lengths)`` steps, not ``sum(lengths)``.
+  step, so a forward pass costs ``T = max(lengths)`` steps, not ``sum(lengths)``. Dialogues
+  are walked longest first (:class:`DAGSchedule`), so the dialogues still running at a
+  position are a prefix of the batch and padding is never computed.
 """
 
 from __future__ import annotations
@@ -206,7 +208,6 @@ class DAGLayer(nn.Module):
         w_rel = torch.cat((self.w_same.weight, self.w_other.weight), dim=1)  # [D, 2D]
         w_msg = torch.cat((self.gru_node.weight_hh, self.gru_context.weight_ih), dim=0)  # [6D, D]
         b_msg = torch.cat((self.gru_node.bias_hh, self.gru_context.bias_ih), dim=0)
-        neg = torch.finfo(h_prev.dtype).min
         zero = h_prev.new_zeros(b, d)
         # unbind once: indexing [:, i] inside the loop would make autograd scatter each
         # step's gradient into a fresh full-size [B, T, .] buffer (quadratic in T).
@@ -223,9 +224,7 @@ class DAGLayer(nn.Module):
                 # Rows are sorted by length, so the n running dialogues are rows :n of every
                 # earlier state too (an earlier position has at least as many running).
                 ctx = torch.stack([s[:n] for s in states[i - w:i]], dim=1)  # [n, w, D]
-                message = self.aggregate(
-                    ctx, us[i][:n], adj[:n, i, i - w:i], same_speaker[:n, i, i - w:i], w_rel, neg
-                )
+                message = self.aggregate(ctx, us[i][:n], adj[:n, i, i - w:i], same_speaker[:n, i, i - w:i], w_rel)
             states.append(self.step(xs[i][:n], message, gis[i][:n], ghs[i][:n], w_msg, b_msg))
         if not states:
             return h_prev.new_zeros(b, 0, d)
@@ -233,12 +232,12 @@ class DAGLayer(nn.Module):
         return out[schedule.inverse]
 
     @staticmethod
-    def aggregate(ctx: Tensor, u: Tensor, edge: Tensor, same: Tensor, w_rel: Tensor, neg: float) -> Tensor:
+    def aggregate(ctx: Tensor, u: Tensor, edge: Tensor, same: Tensor, w_rel: Tensor) -> Tensor:
         """Eqs. 3-4 for position ``i`` of every dialogue: ``M_i [B, D]`` from predecessors ``ctx [B, w, D]``."""
         score = torch.bmm(ctx, u.unsqueeze(-1)).squeeze(-1)  # [B, w]
-        # A finite fill (not -inf) keeps rows without any edge (padding) NaN-free;
-        # multiplying by the mask then zeroes them.
-        attn = F.softmax(score.masked_fill(~edge, neg), dim=-1) * edge
+        # Every running utterance i >= 1 has an edge from i - 1; the finite fill (not -inf)
+        # and the mask product still keep a row without edges NaN-free (M = 0).
+        attn = F.softmax(score.masked_fill(~edge, torch.finfo(score.dtype).min), dim=-1) * edge
         by_relation = torch.stack((attn * same, attn * ~same), dim=1)  # [B, 2, w]
         # W_r is linear, so sum_j a_ij W_r H_j = W_r sum_j a_ij H_j: one product per step
         # instead of one per predecessor.

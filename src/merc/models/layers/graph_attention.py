@@ -1,0 +1,108 @@
+"""PyG's :class:`~torch_geometric.nn.TransformerConv` computed as dense attention within blocks of nodes.
+
+Conversation graphs (CORECT's, DAG-ERC's ...) only link nodes of the same dialogue.
+Grouping the nodes by dialogue into ``B`` blocks of at most ``S`` slots, the graph
+attention of Shi et al. (2021) that ``TransformerConv`` implements,
+
+.. math::
+
+    x'_i = W_s x_i + \\sum_{j \\in N(i)} \\alpha_{ij} W_v x_j, \\qquad
+    \\alpha_{ij} = \\mathrm{softmax}_{j \\in N(i)}\\big((W_q x_i)^\\top (W_k x_j) / \\sqrt{C}\\big)
+
+(per head, heads concatenated), is ordinary masked multi-head attention inside each
+block, with the adjacency as the mask. :func:`block_transformer_conv` evaluates it so,
+with :func:`torch.nn.functional.scaled_dot_product_attention` on ``[B, H, S, S]``,
+from the module's own weights; PyG instead gathers ``[E, H, C]`` query, key and value
+copies per edge and scatters them back, memory-bound work that cost CORECT's text-only
+IEMOCAP epoch more than the Transformer's matrix products on the same nodes.
+
+Same function (up to float rounding) for graphs whose edges never leave a block and
+hold no duplicate ``(source, target)`` pair (a duplicate counts twice in PyG's
+softmax); a node without incoming edges aggregates nothing, as in PyG.
+``tests/models/layers/test_graph_attention.py`` checks outputs and gradients against
+PyG on CORECT graphs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch_geometric.nn import TransformerConv
+
+
+def supports_block_attention(conv: TransformerConv) -> bool:
+    """Whether :func:`block_transformer_conv` reproduces ``conv``: concatenated heads, root
+    weight without beta gating, no edge features, no attention dropout in training."""
+    return (
+        bool(conv.concat) and bool(conv.root_weight) and conv.lin_beta is None and conv.lin_edge is None
+        and (conv.dropout == 0.0 or not conv.training)
+    )
+
+
+def block_adjacency(edge_index: Tensor, node_block: Tensor, node_slot: Tensor, num_blocks: int, block_size: int) -> Tensor:
+    """``bool [B, S, S]`` with ``[b, target slot, source slot]`` true for every edge.
+
+    Raises:
+        ValueError: An edge joins two blocks.
+    """
+    src, dst = edge_index
+    block = node_block[dst]
+    if edge_index.numel() and not torch.equal(block, node_block[src]):
+        raise ValueError("block attention needs every edge inside one block (dialogue)")
+    allowed = torch.zeros(num_blocks, block_size, block_size, dtype=torch.bool, device=edge_index.device)
+    allowed[block, node_slot[dst], node_slot[src]] = True
+    return allowed
+
+
+def block_transformer_conv(
+    conv: TransformerConv, x: Tensor, edge_index: Tensor, node_block: Tensor, node_slot: Tensor,
+    num_blocks: int, block_size: int, adjacency: Tensor | None = None,
+) -> Tensor:
+    """``conv(x, edge_index)`` as masked dense attention inside blocks (see the module docstring).
+
+    Args:
+        conv: A ``TransformerConv`` for which :func:`supports_block_attention` holds.
+        x: ``[V, F]`` node features.
+        edge_index: ``long [2, E]`` (source, target), no duplicate pairs.
+        node_block: ``long [V]`` block (dialogue) of each node.
+        node_slot: ``long [V]`` distinct slot of each node inside its block, ``< block_size``.
+        num_blocks: ``B``.
+        block_size: ``S``.
+        adjacency: The :func:`block_adjacency` of these arguments, if already built.
+
+    Returns:
+        ``[V, heads * out_channels]``.
+    """
+    if not supports_block_attention(conv):
+        raise ValueError("this TransformerConv configuration has no block-attention equivalent; call it directly")
+    heads, channels = conv.heads, conv.out_channels
+    width = heads * channels
+    allowed = adjacency if adjacency is not None else block_adjacency(
+        edge_index, node_block, node_slot, num_blocks, block_size
+    )
+    # A row with no allowed key would be a softmax over nothing: let it see its own
+    # slot and zero its result (PyG's sum over no incoming edge).
+    isolated = ~allowed.any(dim=-1)  # [B, S]
+    if bool(isolated.any()):
+        allowed = allowed | (torch.diag_embed(isolated))
+    # One projection for queries, keys and values (the three Linear layers stacked).
+    weight = torch.cat([conv.lin_query.weight, conv.lin_key.weight, conv.lin_value.weight])
+    biases = [conv.lin_query.bias, conv.lin_key.bias, conv.lin_value.bias]
+    bias = torch.cat(biases) if all(b is not None for b in biases) else None  # type: ignore[arg-type]
+    qkv = F.linear(x, weight, bias)
+    if bias is None:  # some but not all projections without bias
+        for i, b in enumerate(biases):
+            if b is not None:
+                qkv[:, i * width : (i + 1) * width] += b
+    slots = node_block * block_size + node_slot
+    grid = qkv.new_zeros(num_blocks * block_size, 3 * width).index_copy(0, slots, qkv)
+    q, k, v = grid.view(num_blocks, block_size, 3, heads, channels).permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, S, C]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])  # scale 1/sqrt(C), as PyG
+    out = out.transpose(1, 2).reshape(num_blocks * block_size, width).index_select(0, slots)
+    if bool(isolated.any()):
+        out = out.masked_fill(isolated.view(-1)[slots, None], 0.0)
+    return out + conv.lin_skip(x)
+
+
+__all__ = ["block_adjacency", "block_transformer_conv", "supports_block_attention"]

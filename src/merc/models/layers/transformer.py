@@ -1,0 +1,124 @@
+"""A Transformer encoder layer that works on packed (flat) sequences.
+
+:class:`PackedTransformerEncoderLayer` *is* a :class:`torch.nn.TransformerEncoderLayer`
+(same parameters, names, initialisation and state dict; its ``forward`` is PyTorch's)
+with one more method, :meth:`~PackedTransformerEncoderLayer.forward_packed`, computing
+the same function on the ``N`` real positions of a padded ``[B, T, d]`` batch given
+as a flat ``[N, d]`` tensor:
+
+- every per-position part (QKV and output projections, feed-forward, residuals,
+  LayerNorms, dropouts) runs on the ``N`` real rows only, never on padding; on
+  IEMOCAP batches of 10 dialogues about a third of ``B * T`` is padding, and the
+  feed-forward (``d -> 2048 -> d``) is most of the layer's cost;
+- only attention itself runs on the padded ``[B, heads, T, T]`` grid, with padded
+  keys masked out (PyTorch's ``src_key_padding_mask``); it uses
+  :func:`torch.nn.functional.scaled_dot_product_attention` when no attention dropout
+  applies, else an explicit softmax so that the attention-weight dropout can use
+  :func:`merc.models.layers.dropout.dropout`;
+- dropouts draw their masks from random bits (:mod:`merc.models.layers.dropout`): same
+  distribution, a fraction of the CPU time of ``Tensor.bernoulli_``.
+
+Outputs at the real positions equal PyTorch's ``layer(x, src_key_padding_mask=padding)``
+up to float rounding (``tests/models/layers/test_transformer.py``); in training mode
+the dropout masks are drawn from another random stream.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from merc.errors import ConfigError
+from merc.models.layers.dropout import dropout, relu_dropout
+
+
+def pack_index(padding: Tensor) -> Tensor:
+    """``long [N]`` row-major positions of the real (non-padded) steps of a ``bool [B, T]`` padding mask.
+
+    The order of :attr:`merc.data.batching.Batch.flat_index` (dialogue-major).
+
+    >>> pack_index(torch.tensor([[False, True], [False, False]])).tolist()
+    [0, 2, 3]
+    """
+    return (~padding).reshape(-1).nonzero().squeeze(1)
+
+
+def packed_self_attention(
+    qkv: Tensor, flat_index: Tensor, padding: Tensor, num_heads: int, dropout_p: float = 0.0,
+) -> Tensor:
+    """Multi-head scaled dot-product self-attention of packed sequences.
+
+    Args:
+        qkv: ``[N, 3 * d]`` projected queries, keys and values of the real positions
+            (PyTorch's packed ``in_proj`` layout: ``[q | k | v]``, heads contiguous in each).
+        flat_index: ``long [N]`` positions of those rows in the ``B * T`` grid.
+        padding: ``bool [B, T]``, true at padding (masked as keys).
+        num_heads: Heads ``H``; ``d`` must be divisible by it.
+        dropout_p: Dropout on the attention weights (0 in evaluation).
+
+    Returns:
+        ``[N, d]`` attention outputs (heads concatenated), before the output projection.
+    """
+    batch, steps = padding.shape
+    d = qkv.shape[1] // 3
+    head_dim = d // num_heads
+    # Padding rows are zeros: finite keys/values (masked anyway), queries whose rows are dropped.
+    grid = qkv.new_zeros(batch * steps, 3 * d).index_copy(0, flat_index, qkv)
+    q, k, v = grid.view(batch, steps, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, T, dh]
+    if dropout_p > 0.0:
+        scores = torch.matmul(q * head_dim**-0.5, k.transpose(-1, -2))  # [B, H, T, T]
+        scores = scores.masked_fill(padding[:, None, None, :], float("-inf"))
+        weights = dropout(torch.softmax(scores, dim=-1), dropout_p)
+        out = torch.matmul(weights, v)
+    else:
+        # Every dialogue has a real step, so no row is fully masked (no NaN).
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=~padding[:, None, None, :])
+    return out.transpose(1, 2).reshape(batch * steps, d).index_select(0, flat_index)
+
+
+class PackedTransformerEncoderLayer(nn.TransformerEncoderLayer):
+    """:class:`torch.nn.TransformerEncoderLayer` plus :meth:`forward_packed` (see the module docstring).
+
+    Built with PyTorch's arguments (``d_model``, ``nhead``, ``dim_feedforward``,
+    ``dropout``, ``activation``, ``norm_first`` ...); post-norm and ReLU by default, as
+    PyTorch. ``forward`` is PyTorch's own.
+
+    Shapes (``forward_packed``):
+        - x: ``[N, d]`` real positions, in ``flat_index`` order
+        - flat_index: ``long [N]`` positions in the ``B * T`` grid (:func:`pack_index`)
+        - padding: ``bool [B, T]`` (true = padding)
+        - output: ``[N, d]``
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        if not self.self_attn._qkv_same_embed_dim:
+            raise ConfigError("PackedTransformerEncoderLayer needs equal query/key/value dims")
+
+    def _attention_block(self, x: Tensor, flat_index: Tensor, padding: Tensor) -> Tensor:
+        attn = self.self_attn
+        qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)
+        p = attn.dropout if self.training else 0.0
+        out = packed_self_attention(qkv, flat_index, padding, attn.num_heads, p)
+        out = F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
+        return dropout(out, self.dropout1.p, self.training)
+
+    def _feed_forward_block(self, x: Tensor) -> Tensor:
+        h = self.linear1(x)
+        if self.activation is F.relu or isinstance(self.activation, nn.ReLU):
+            h = relu_dropout(h, self.dropout.p, self.training)
+        else:
+            h = dropout(self.activation(h), self.dropout.p, self.training)
+        return dropout(self.linear2(h), self.dropout2.p, self.training)
+
+    def forward_packed(self, x: Tensor, flat_index: Tensor, padding: Tensor) -> Tensor:
+        """The layer on packed sequences; ``forward(x_padded, src_key_padding_mask=padding)`` at the real rows."""
+        if self.norm_first:
+            x = x + self._attention_block(self.norm1(x), flat_index, padding)
+            return x + self._feed_forward_block(self.norm2(x))
+        x = self.norm1(x + self._attention_block(x, flat_index, padding))
+        return self.norm2(x + self._feed_forward_block(x))
+
+
+__all__ = ["PackedTransformerEncoderLayer", "pack_index", "packed_self_attention"]
