@@ -53,7 +53,7 @@ import itertools
 import json
 import math
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -245,6 +245,27 @@ def _replace_splits(
     return out
 
 
+def _mask_each_conversation(
+    dataset: MercDataset,
+    masked: Sequence[str],
+    cols: Sequence[int],
+    caller: str,
+    availability: Callable[[Conversation], np.ndarray],
+) -> dict[str, list[Conversation]]:
+    """New splits: conversations of the ``masked`` splits get ``availability(conv)``."""
+    new_splits: dict[str, list[Conversation]] = {}
+    for split, convs in dataset.splits.items():
+        if split not in masked:
+            new_splits[split] = list(convs)
+            continue
+        out = []
+        for conv in convs:
+            _require_complete(conv, cols, caller)
+            out.append(_with_availability(conv, availability(conv), dataset.modalities))
+        new_splits[split] = out
+    return new_splits
+
+
 def apply_missing(
     dataset: MercDataset,
     rate: float,
@@ -281,18 +302,13 @@ def apply_missing(
     requested = rate
     rate = check_rate(rate, len(cols))
     masked = _masked_splits(splits, protocol)
-    new_splits: dict[str, list[Conversation]] = {}
-    for split, convs in dataset.splits.items():
-        if split not in masked:
-            new_splits[split] = list(convs)
-            continue
-        out = []
-        for conv in convs:
-            _require_complete(conv, cols, "apply_missing")
-            avail = _full_availability(conv)
-            avail[:, cols] = sample_availability(len(conv), len(cols), rate, dialogue_rng(seed, conv.id))
-            out.append(_with_availability(conv, avail, dataset.modalities))
-        new_splits[split] = out
+
+    def availability(conv: Conversation) -> np.ndarray:
+        avail = _full_availability(conv)
+        avail[:, cols] = sample_availability(len(conv), len(cols), rate, dialogue_rng(seed, conv.id))
+        return avail
+
+    new_splits = _mask_each_conversation(dataset, masked, cols, "apply_missing", availability)
     info = {"kind": "rate", "requested_rate": float(requested), "rate": rate, "seed": int(seed), "protocol": protocol,
             "splits": list(masked)}
     return _replace_splits(dataset, new_splits, info, masked)
@@ -323,18 +339,13 @@ def drop_modalities(
         raise DataError(f"dropping {''.join(dropped)} leaves no modality; keep at least one of {''.join(dataset.modalities)}")
     cols = _columns(dataset)
     masked = _masked_splits(splits, protocol)
-    new_splits: dict[str, list[Conversation]] = {}
-    for split, convs in dataset.splits.items():
-        if split not in masked:
-            new_splits[split] = list(convs)
-            continue
-        out = []
-        for conv in convs:
-            _require_complete(conv, cols, "drop_modalities")
-            avail = _full_availability(conv)
-            avail[:, [MODALITIES.index(m) for m in dropped]] = False
-            out.append(_with_availability(conv, avail, dataset.modalities))
-        new_splits[split] = out
+
+    def availability(conv: Conversation) -> np.ndarray:
+        avail = _full_availability(conv)
+        avail[:, [MODALITIES.index(m) for m in dropped]] = False
+        return avail
+
+    new_splits = _mask_each_conversation(dataset, masked, cols, "drop_modalities", availability)
     info = {"kind": "drop", "drop": "".join(dropped), "protocol": protocol, "splits": list(masked)}
     return _replace_splits(dataset, new_splits, info, masked)
 

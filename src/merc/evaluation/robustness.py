@@ -187,11 +187,8 @@ def robustness_from_run(
     Returns:
         The model's report (see :func:`write_robustness_report`).
     """
-    import torch
-
     from merc.data.batching import to_tensors
-    from merc.training.runner import model_for, prepare_dataset
-    from merc.training.trainer import BEST_WEIGHTS, TrainConfig, Trainer
+    from merc.training.runner import prepare_dataset, selected_trainers
 
     run = Path(run_dir)
     if not (run / "config.yaml").is_file():
@@ -205,15 +202,7 @@ def robustness_from_run(
     conditions, skipped = make_conditions(mods, rates, drops)
     mask_dir = Path(mask_dir) if mask_dir is not None else run / MASK_DIR
 
-    trainers: dict[int, Any] = {}
-    for seed in info["seeds"]:
-        weights = run / f"seed_{seed}" / BEST_WEIGHTS
-        if not weights.is_file():
-            raise ConfigError(f"{weights} missing: seed {seed} has not finished; rerun `merc train` with the same --out")
-        model = model_for(data, info["model_name"], dict(recipe.get("model", {})))
-        model.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
-        trainers[seed] = Trainer(model, {"train": [], "valid": [], "test": []}, data.modalities, data.num_classes,
-                                 TrainConfig(device=device, show_progress=False), label_names=data.label_names)
+    trainers = selected_trainers(run, recipe, data, device)
 
     entries = []
     for cond in conditions:

@@ -65,6 +65,7 @@ from merc.data.graphs import (
 from merc.errors import ConfigError, DataError, resolve_choice
 from merc.models.base import MercModel
 from merc.models.layers.crossmodal import CrossModalTransformer
+from merc.models.layers.graph_attention import NodeBlocks, block_transformer_conv, supports_block_attention
 from merc.models.layers.transformer import PackedTransformerEncoderLayer
 from merc.models.output import ModelOutput
 from merc.models.registry import register_model
@@ -138,6 +139,11 @@ class RTGCN(nn.Module):
         num_relations: Relation types the RGCN distinguishes.
         heads: Graph Transformer heads, concatenated (A.3: 7).
 
+    The Graph Transformer is PyG's ``TransformerConv``; given ``blocks`` (the dialogue
+    and slot of every node) it is evaluated as masked dense attention per dialogue
+    (:func:`merc.models.layers.graph_attention.block_transformer_conv`, the same
+    function, several times faster on CPU than PyG's per-edge gather/scatter).
+
     Shapes:
         - x: ``[V, h]``; edge_index: ``[2, E]``; edge_type: ``[E]`` in ``0 .. num_relations - 1``
         - output: ``[V, heads * h]``
@@ -149,9 +155,13 @@ class RTGCN(nn.Module):
         self.graph_transformer = TransformerConv(hidden, hidden, heads=heads, concat=True)
         self.norm = NodeBatchNorm(heads * hidden)
 
-    def forward(self, x: Tensor, edge_index: Tensor, edge_type: Tensor) -> Tensor:
+    def forward(self, x: Tensor, edge_index: Tensor, edge_type: Tensor, blocks: NodeBlocks | None = None) -> Tensor:
         g = self.rgcn(x, edge_index, edge_type)
-        return F.leaky_relu(self.norm(self.graph_transformer(g, edge_index)))
+        if blocks is not None and supports_block_attention(self.graph_transformer):
+            g = block_transformer_conv(self.graph_transformer, g, edge_index, blocks)
+        else:
+            g = self.graph_transformer(g, edge_index)
+        return F.leaky_relu(self.norm(g))
 
 
 class PairwiseCrossModal(nn.Module):
@@ -371,7 +381,15 @@ class CORECT(MercModel):
                 use_temporal=self.use_temporal_relations, use_multimodal=self.use_multimodal_relations,
                 window_owner=self.window_owner,
             )
-            nodes = self.rtgcn(torch.cat(flat, dim=0), graph.edge_index, self.relation_lookup[graph.edge_type])
+            # Dense per-dialogue layout of the nodes: dialogue b, slot k * T + position.
+            mods = len(self.modalities)
+            blocks = NodeBlocks(
+                block=batch.utterance_dialogue.repeat(mods),
+                slot=(torch.arange(mods, device=batch.mask.device) * batch.max_len).repeat_interleave(n_utt)
+                + batch.utterance_position.repeat(mods),
+                num_blocks=batch.batch_size, size=mods * batch.max_len,
+            )
+            nodes = self.rtgcn(torch.cat(flat, dim=0), graph.edge_index, self.relation_lookup[graph.edge_type], blocks)
             # Node k * N + n is utterance n in modality k: regroup per utterance.
             parts.append(nodes.view(len(self.modalities), n_utt, -1).transpose(0, 1).reshape(n_utt, -1))
         if self.pcm is not None:

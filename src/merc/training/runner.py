@@ -198,6 +198,23 @@ def run_experiment(
     return results
 
 
+def selected_trainers(run: Path, recipe: dict[str, Any], data: MercDataset, device: str = "cpu") -> dict[int, Trainer]:
+    """An evaluation-only :class:`Trainer` per seed of a finished run, holding the
+    weights selected on validation (``best.pt``, loaded with ``weights_only=True``)."""
+    info = recipe.get("data", {})
+    trainers: dict[int, Trainer] = {}
+    for seed in info["seeds"]:
+        weights = run / f"seed_{seed}" / BEST_WEIGHTS
+        if not weights.is_file():
+            raise ConfigError(f"{weights} missing: seed {seed} has not finished; rerun `merc train` with the same --out")
+        model = model_for(data, info["model_name"], dict(recipe.get("model", {})))
+        model.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
+        empty: dict[str, list[ConversationTensors]] = {"train": [], "valid": [], "test": []}
+        trainers[seed] = Trainer(model, empty, data.modalities, data.num_classes,
+                                 TrainConfig(device=device, show_progress=False), label_names=data.label_names)
+    return trainers
+
+
 def evaluate_run(run_dir: str | Path, data_root: str | Path | None = None, device: str = "cpu") -> dict[str, Any]:
     """Re-score a finished run's selected weights on its validation and test splits.
 
@@ -212,15 +229,8 @@ def evaluate_run(run_dir: str | Path, data_root: str | Path | None = None, devic
     data = prepare_dataset(info.get("dataset_arg", info["dataset"]), parse_modalities(info["modalities"]), recipe,
                            data_root, False)
     tensors = to_tensors(data)
-    per_seed = []
-    for seed in info["seeds"]:
-        weights = run / f"seed_{seed}" / BEST_WEIGHTS
-        if not weights.is_file():
-            raise ConfigError(f"{weights} missing: seed {seed} has not finished; rerun `merc train` with the same --out")
-        model = model_for(data, info["model_name"], dict(recipe.get("model", {})))
-        model.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
-        trainer = Trainer(model, tensors, data.modalities, data.num_classes,
-                          TrainConfig(device=device, show_progress=False), label_names=data.label_names)
+    per_seed: list[dict[str, Any]] = []
+    for seed, trainer in selected_trainers(run, recipe, data, device).items():
         per_seed.append({"seed": seed, "valid": trainer.evaluate(tensors["valid"]), "test": trainer.evaluate(tensors["test"])})
     results = {
         "model": info["model_name"], "dataset": data.name, "modalities": info["modalities"], "seeds": info["seeds"],

@@ -25,10 +25,28 @@ PyG on CORECT graphs.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.nn import TransformerConv
+
+
+class NodeBlocks(NamedTuple):
+    """Where each graph node sits in the dense ``[B, S]`` block layout.
+
+    Attributes:
+        block: ``long [V]`` block (dialogue) of each node.
+        slot: ``long [V]`` slot of each node inside its block, distinct within a block, ``< size``.
+        num_blocks: ``B``.
+        size: ``S``, slots per block.
+    """
+
+    block: Tensor
+    slot: Tensor
+    num_blocks: int
+    size: int
 
 
 def supports_block_attention(conv: TransformerConv) -> bool:
@@ -40,24 +58,23 @@ def supports_block_attention(conv: TransformerConv) -> bool:
     )
 
 
-def block_adjacency(edge_index: Tensor, node_block: Tensor, node_slot: Tensor, num_blocks: int, block_size: int) -> Tensor:
+def block_adjacency(edge_index: Tensor, blocks: NodeBlocks) -> Tensor:
     """``bool [B, S, S]`` with ``[b, target slot, source slot]`` true for every edge.
 
     Raises:
         ValueError: An edge joins two blocks.
     """
     src, dst = edge_index
-    block = node_block[dst]
-    if edge_index.numel() and not torch.equal(block, node_block[src]):
+    block = blocks.block[dst]
+    if edge_index.numel() and not torch.equal(block, blocks.block[src]):
         raise ValueError("block attention needs every edge inside one block (dialogue)")
-    allowed = torch.zeros(num_blocks, block_size, block_size, dtype=torch.bool, device=edge_index.device)
-    allowed[block, node_slot[dst], node_slot[src]] = True
+    allowed = torch.zeros(blocks.num_blocks, blocks.size, blocks.size, dtype=torch.bool, device=edge_index.device)
+    allowed[block, blocks.slot[dst], blocks.slot[src]] = True
     return allowed
 
 
 def block_transformer_conv(
-    conv: TransformerConv, x: Tensor, edge_index: Tensor, node_block: Tensor, node_slot: Tensor,
-    num_blocks: int, block_size: int, adjacency: Tensor | None = None,
+    conv: TransformerConv, x: Tensor, edge_index: Tensor, blocks: NodeBlocks, adjacency: Tensor | None = None,
 ) -> Tensor:
     """``conv(x, edge_index)`` as masked dense attention inside blocks (see the module docstring).
 
@@ -65,11 +82,8 @@ def block_transformer_conv(
         conv: A ``TransformerConv`` for which :func:`supports_block_attention` holds.
         x: ``[V, F]`` node features.
         edge_index: ``long [2, E]`` (source, target), no duplicate pairs.
-        node_block: ``long [V]`` block (dialogue) of each node.
-        node_slot: ``long [V]`` distinct slot of each node inside its block, ``< block_size``.
-        num_blocks: ``B``.
-        block_size: ``S``.
-        adjacency: The :func:`block_adjacency` of these arguments, if already built.
+        blocks: The block and slot of every node.
+        adjacency: The :func:`block_adjacency` of ``edge_index`` and ``blocks``, if already built.
 
     Returns:
         ``[V, heads * out_channels]``.
@@ -78,31 +92,29 @@ def block_transformer_conv(
         raise ValueError("this TransformerConv configuration has no block-attention equivalent; call it directly")
     heads, channels = conv.heads, conv.out_channels
     width = heads * channels
-    allowed = adjacency if adjacency is not None else block_adjacency(
-        edge_index, node_block, node_slot, num_blocks, block_size
-    )
+    allowed = adjacency if adjacency is not None else block_adjacency(edge_index, blocks)
     # A row with no allowed key would be a softmax over nothing: let it see its own
     # slot and zero its result (PyG's sum over no incoming edge).
     isolated = ~allowed.any(dim=-1)  # [B, S]
-    if bool(isolated.any()):
-        allowed = allowed | (torch.diag_embed(isolated))
-    # One projection for queries, keys and values (the three Linear layers stacked).
+    has_isolated = bool(isolated.any())
+    if has_isolated:
+        allowed = allowed | torch.diag_embed(isolated)
+    # One projection for queries, keys and values (the three Linear layers stacked);
+    # TransformerConv's ``bias`` switches the three biases together.
     weight = torch.cat([conv.lin_query.weight, conv.lin_key.weight, conv.lin_value.weight])
-    biases = [conv.lin_query.bias, conv.lin_key.bias, conv.lin_value.bias]
-    bias = torch.cat(biases) if all(b is not None for b in biases) else None  # type: ignore[arg-type]
+    bias = (
+        torch.cat([conv.lin_query.bias, conv.lin_key.bias, conv.lin_value.bias])
+        if conv.lin_query.bias is not None else None
+    )
     qkv = F.linear(x, weight, bias)
-    if bias is None:  # some but not all projections without bias
-        for i, b in enumerate(biases):
-            if b is not None:
-                qkv[:, i * width : (i + 1) * width] += b
-    slots = node_block * block_size + node_slot
-    grid = qkv.new_zeros(num_blocks * block_size, 3 * width).index_copy(0, slots, qkv)
-    q, k, v = grid.view(num_blocks, block_size, 3, heads, channels).permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, S, C]
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])  # scale 1/sqrt(C), as PyG
-    out = out.transpose(1, 2).reshape(num_blocks * block_size, width).index_select(0, slots)
-    if bool(isolated.any()):
+    slots = blocks.block * blocks.size + blocks.slot
+    grid = qkv.new_zeros(blocks.num_blocks * blocks.size, 3 * width).index_copy(0, slots, qkv)
+    q, k, v = grid.view(blocks.num_blocks, blocks.size, 3, heads, channels).permute(2, 0, 3, 1, 4).unbind(0)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])  # [B, H, S, C]; scale 1/sqrt(C) as PyG
+    out = out.transpose(1, 2).reshape(blocks.num_blocks * blocks.size, width).index_select(0, slots)
+    if has_isolated:
         out = out.masked_fill(isolated.view(-1)[slots, None], 0.0)
     return out + conv.lin_skip(x)
 
 
-__all__ = ["block_adjacency", "block_transformer_conv", "supports_block_attention"]
+__all__ = ["NodeBlocks", "block_adjacency", "block_transformer_conv", "supports_block_attention"]
