@@ -42,6 +42,7 @@ import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
+import logging  # noqa: E402
 import pickle  # noqa: E402
 import platform  # noqa: E402
 import random  # noqa: E402
@@ -114,6 +115,8 @@ def import_reference(root: Path) -> ModuleType:
     sys.path.insert(0, str(root))
     import corect  # type: ignore[import-not-found]
 
+    # Its logger prints every epoch to stdout; only warnings matter here.
+    logging.getLogger("corect.utils").setLevel(logging.WARNING)
     return corect
 
 

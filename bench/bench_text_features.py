@@ -2,7 +2,7 @@
 
 Compares, on the same IEMOCAP transcripts and the same MiniLM model:
   - bare: ``SentenceTransformer.encode`` on the texts in corpus order;
-  - merc: :func:`merc.features.text.encode_texts` (length-sorted batches);
+  - merc: :func:`merc.features.text.encode_texts` (the encoder plus merc's checks);
   - merc cached: :func:`merc.features.text.cached_text_features` on a warm cache.
 Checks the embeddings agree, prints utterances/second and ratios, and writes
 ``bench/results/text_features.json``.

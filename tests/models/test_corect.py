@@ -167,3 +167,39 @@ def test_recipes_build(recipe: str) -> None:
     model = _corect(**data["model"])
     assert model.past_window == (5 if recipe == "meld7" else 11)
     assert data["training"]["lr"] == 0.0003 and data["training"]["batch_size"] == 10
+
+
+@pytest.mark.parametrize("modalities", ["t", "tav"])
+def test_block_graph_attention_matches_pyg(modalities: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The Graph Transformer runs as dense per-dialogue attention; PyG's TransformerConv
+    # on the same graph and weights gives the same outputs and gradients.
+    import merc.models.corect as corect_module
+
+    batch, _ = make_batch((1, 7, 3), modalities)
+
+    def run() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model = _corect(modalities, seed=1).eval()
+        out = model(batch).logits
+        out.pow(2).sum().backward()
+        return out.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    block_out, block_grads = run()
+    monkeypatch.setattr(corect_module, "supports_block_attention", lambda conv: False)
+    pyg_out, pyg_grads = run()
+    torch.testing.assert_close(block_out, pyg_out, rtol=1e-5, atol=1e-5)
+    assert block_grads.keys() == pyg_grads.keys()
+    for name, grad in pyg_grads.items():
+        torch.testing.assert_close(block_grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_text_encoder_keeps_pytorch_layout_and_function() -> None:
+    # Same state-dict keys as nn.TransformerEncoder; packed forward = PyTorch's padded one.
+    model = _corect("t", seed=2).eval()
+    enc = model.encoders["t"]
+    assert "encoder.layers.1.self_attn.in_proj_weight" in enc.state_dict()
+    batch, _ = make_batch((1, 7, 3), "t")
+    x = batch.features["t"]
+    with torch.no_grad():
+        padded = enc.out(enc.encoder(x, src_key_padding_mask=~batch.mask))
+        packed = enc(batch.flatten(x), batch.flat_index, ~batch.mask)
+    torch.testing.assert_close(packed, batch.flatten(padded), rtol=1e-5, atol=1e-5)

@@ -88,18 +88,16 @@ def encode_texts(
         ``float32 [len(texts), d]``.
     """
     model = load_sentence_encoder(encoder, device)
-    # Sorting by length makes batches of similar length: far less padding per batch.
-    order = np.argsort([len(t) for t in texts], kind="stable")
+    # sentence-transformers already batches by length (little padding); merc adds nothing
+    # but the cache, so bench/bench_text_features.py checks it costs nothing either.
     emb = model.encode(
-        [texts[i] for i in order],
+        list(texts),
         batch_size=batch_size,
         show_progress_bar=show_progress,
         convert_to_numpy=True,
         normalize_embeddings=True,
     )
-    out = np.empty_like(emb, dtype=np.float32)
-    out[order] = emb
-    return out
+    return np.asarray(emb, dtype=np.float32)
 
 
 def cached_text_features(

@@ -65,6 +65,7 @@ from merc.data.graphs import (
 from merc.errors import ConfigError, DataError, resolve_choice
 from merc.models.base import MercModel
 from merc.models.layers.crossmodal import CrossModalTransformer
+from merc.models.layers.dropout import FastDropout
 from merc.models.layers.graph_attention import NodeBlocks, block_transformer_conv, supports_block_attention
 from merc.models.layers.transformer import PackedTransformerEncoderLayer
 from merc.models.output import ModelOutput
@@ -335,7 +336,7 @@ class CORECT(MercModel):
         # classifier reads the encoded features, as the reference does.
         self.fused_size = fused or len(mods) * h
         self.classifier = nn.Sequential(
-            nn.Linear(self.fused_size, h), nn.ReLU(), nn.Dropout(dropout), nn.Linear(h, num_classes)
+            nn.Linear(self.fused_size, h), nn.ReLU(), FastDropout(dropout), nn.Linear(h, num_classes)
         )
 
     @property

@@ -15,7 +15,8 @@ of the kept values). Kept values are scaled by ``1 / q`` as in ``F.dropout``.
 
 The bits come from ``torch.randint`` on the default (or given) generator, so results
 are reproducible under ``torch.manual_seed``; the random stream differs from
-``F.dropout``'s, the distribution does not.
+``F.dropout``'s, the distribution does not. On other devices :func:`dropout` and
+:func:`relu_dropout` call ``F.dropout`` (fused and fast on GPUs).
 """
 
 from __future__ import annotations
@@ -99,6 +100,8 @@ def dropout(x: Tensor, p: float, training: bool = True, generator: torch.Generat
         return x
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability must be in [0, 1], got {p}")
+    if x.device.type != "cpu" and generator is None:
+        return F.dropout(x, p, training)  # GPU dropout is fused and fast already
     if p == 1.0:
         return x * 0.0
     return x * keep_multiplier(x, p, generator)
@@ -112,6 +115,8 @@ def relu_dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     """
     if not training or p == 0.0:
         return F.relu(x)
+    if x.device.type != "cpu":
+        return F.dropout(F.relu(x), p, training)
     if p == 1.0:
         return x * 0.0
     keep = 1.0 - p
