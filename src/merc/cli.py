@@ -151,7 +151,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
         from merc.evaluation.report import datasets_table
 
-        Console().print(datasets_table(rows))
+        # Wide enough for the names and counts even when output goes to a pipe (80 columns).
+        Console(width=max(Console().width, 100)).print(datasets_table(rows))
     return 0
 
 
@@ -187,7 +188,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from merc.evaluation.report import print_results
     from merc.training.runner import run_experiment
 
-    console = Console()
+    console = Console(width=max(Console().width, 100))
     console.print("[bold]merc demo[/bold]: bc-LSTM on the synthetic dataset (all features generated), "
                   "text / audio / visual alone and fused, 3 seeds, selected on validation.")
     rows = []

@@ -40,7 +40,7 @@ def print_results(results: Mapping[str, Any], console: Console | None = None) ->
 def datasets_table(rows: Sequence[Mapping[str, Any]]) -> Table:
     table = Table(title="merc datasets")
     for col in ("dataset", "modalities", "classes", "train dlg/utt", "valid dlg/utt", "test dlg/utt"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=True)
     for r in rows:
         if "error" in r:
             table.add_row(r["name"], r.get("modalities", ""), "-", r["error"], "", "")
