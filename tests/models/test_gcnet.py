@@ -7,11 +7,11 @@ import torch
 
 from helpers import DIMS, make_dataset
 from merc.data.batching import collate, to_tensors
+from merc.data.graphs import window_edges
 from merc.data.missing import apply_missing
 from merc.data.schema import MercDataset
 from merc.errors import ConfigError
 from merc.models import build_model
-from merc.models.gcnet import window_edges
 
 SMALL = {"hidden_size": 8}
 

@@ -8,11 +8,12 @@ import torch
 
 from helpers import DIMS, make_dataset
 from merc.data.batching import collate, to_tensors
+from merc.data.graphs import fully_connected_edges, normalized_dialogue_adjacency
 from merc.data.missing import apply_missing
 from merc.data.schema import MercDataset
 from merc.errors import ConfigError
 from merc.models import build_model
-from merc.models.micga import fully_connected_edges, normalized_dialogue_adjacency, reconstruction_loss
+from merc.models.micga import reconstruction_loss
 
 SMALL = {"hidden_size": 8, "fe_hidden": 8, "gat_hidden": 4, "cma_dim": 4, "classifier_hidden": 8}
 

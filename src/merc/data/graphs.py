@@ -360,3 +360,99 @@ __all__ = [
     "temporal_relation",
     "utterance_index",
 ]
+
+
+# -- fully connected and windowed dialogue graphs (Mi-CGA, GCNet) ---------------------------
+def flat_node_ids(mask: Tensor) -> Tensor:
+    """Node id of every ``(b, t)`` slot in flat order (``-1`` at padding).
+
+    Shapes:
+        - mask: ``bool [B, T]``; output ``long [B * T]``.
+    """
+    flat = mask.reshape(-1)
+    return torch.where(flat, flat.long().cumsum(0) - 1, torch.full_like(flat, -1, dtype=torch.long))
+
+
+def fully_connected_edges(mask: Tensor, self_loops: bool = False) -> Tensor:
+    """``edge_index`` of the fully connected graph of every dialogue in the batch.
+
+    Nodes are numbered in :attr:`merc.data.batching.Batch.flat_index` order, so node
+    features are ``batch.flatten(x)``. No edge joins two dialogues.
+
+    Args:
+        mask: ``bool [B, T]`` real utterances.
+        self_loops: Include ``i -> i`` edges.
+
+    Shapes:
+        - output: ``long [2, E]`` (source, target), ``E = sum(n_b * (n_b - 1))`` without
+          self loops.
+
+    >>> fully_connected_edges(torch.tensor([[True, True], [True, False]])).tolist()
+    [[1, 0], [0, 1]]
+    """
+    t = mask.shape[1]
+    pair = mask[:, :, None] & mask[:, None, :]
+    if not self_loops:
+        pair = pair & ~torch.eye(t, dtype=torch.bool, device=mask.device)[None]
+    b, i, j = pair.nonzero(as_tuple=True)
+    node = flat_node_ids(mask)
+    return torch.stack([node[b * t + j], node[b * t + i]])
+
+
+def normalized_dialogue_adjacency(mask: Tensor) -> Tensor:
+    r"""Dense :math:`\tilde A = \hat D^{-1/2}(A+I)\hat D^{-1/2}` of each dialogue's complete graph.
+
+    Mi-CGA Section 3.3.1. With every utterance linked to every other, :math:`A+I` is
+    all ones on the dialogue's ``n x n`` block and :math:`\tilde A = 1/n` there (zero at
+    padding): one GCN propagation is the dialogue mean.
+
+    Shapes:
+        - mask: ``bool [B, T]``; output ``float [B, T, T]``.
+    """
+    a_hat = (mask[:, :, None] & mask[:, None, :]).float()
+    inv_sqrt = a_hat.sum(-1).clamp_min(1.0).rsqrt() * mask.float()
+    return inv_sqrt[:, :, None] * a_hat * inv_sqrt[:, None, :]
+
+
+def window_edges(
+    mask: Tensor, parties: Tensor, window_past: int, window_future: int, num_parties: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Batched window graph of GCNet with its temporal and speaker relation types.
+
+    Node ``i`` receives an edge from every utterance ``j`` of its dialogue with
+    ``i - window_past <= j <= i + window_future`` (``-1``: unbounded on that side),
+    ``j == i`` included. Nodes are numbered in ``batch.flat_index`` order.
+
+    Args:
+        mask: ``bool [B, T]`` real utterances.
+        parties: ``long [B, T]`` per-dialogue speaker index (clamped to ``num_parties - 1``).
+        window_past: Past context (``-1`` = whole past).
+        window_future: Future context (``-1`` = whole future).
+        num_parties: Speakers per dialogue the relation set covers.
+
+    Returns:
+        ``edge_index`` ``long [2, E]`` (source ``j``, target ``i``), temporal relation
+        ``long [E]`` (0 past, 1 now, 2 future: ``j`` before, at, after ``i``) and speaker
+        relation ``long [E]`` (``party_i * num_parties + party_j``).
+
+    >>> m = torch.tensor([[True, True, True]])
+    >>> ei, tr, sr = window_edges(m, torch.tensor([[0, 1, 0]]), 1, 0, 2)
+    >>> ei.tolist(), tr.tolist(), sr.tolist()
+    ([[0, 0, 1, 1, 2], [0, 1, 1, 2, 2]], [1, 0, 1, 0, 1], [0, 2, 3, 1, 0])
+    """
+    t = mask.shape[1]
+    pos = torch.arange(t, device=mask.device)
+    offset = pos[None, :] - pos[:, None]  # [i, j] -> j - i
+    allowed = torch.ones_like(offset, dtype=torch.bool)
+    if window_past >= 0:
+        allowed &= offset >= -window_past
+    if window_future >= 0:
+        allowed &= offset <= window_future
+    pair = mask[:, :, None] & mask[:, None, :] & allowed[None]
+    b, i, j = pair.nonzero(as_tuple=True)
+    node = flat_node_ids(mask)
+    edge_index = torch.stack([node[b * t + j], node[b * t + i]])
+    temporal = torch.sign(j - i) + 1
+    p = parties.clamp(0, num_parties - 1)
+    speaker = p[b, i] * num_parties + p[b, j]
+    return edge_index, temporal, speaker

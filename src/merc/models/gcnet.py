@@ -46,11 +46,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from merc.data.batching import Batch
+from merc.data.graphs import window_edges
 from merc.data.missing import drop_available
 from merc.errors import ConfigError, resolve_choice
 from merc.models.base import MercModel
 from merc.models.layers.recurrent import DialogueRNN
-from merc.models.micga import flat_node_ids
 from merc.models.output import ModelOutput
 from merc.models.registry import register_model
 
@@ -59,50 +59,6 @@ if TYPE_CHECKING:
 
 GRAPH_KINDS: tuple[str, ...] = ("temporal", "speaker")
 GCNET_RECONSTRUCTION_LOSSES: tuple[str, ...] = ("mse", "none")
-
-
-def window_edges(
-    mask: Tensor, parties: Tensor, window_past: int, window_future: int, num_parties: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Batched window graph of GCNet with its temporal and speaker relation types.
-
-    Node ``i`` receives an edge from every utterance ``j`` of its dialogue with
-    ``i - window_past <= j <= i + window_future`` (``-1``: unbounded on that side),
-    ``j == i`` included. Nodes are numbered in ``batch.flat_index`` order.
-
-    Args:
-        mask: ``bool [B, T]`` real utterances.
-        parties: ``long [B, T]`` per-dialogue speaker index (clamped to ``num_parties - 1``).
-        window_past: Past context (``-1`` = whole past).
-        window_future: Future context (``-1`` = whole future).
-        num_parties: Speakers per dialogue the relation set covers.
-
-    Returns:
-        ``edge_index`` ``long [2, E]`` (source ``j``, target ``i``), temporal relation
-        ``long [E]`` (0 past, 1 now, 2 future: ``j`` before, at, after ``i``) and speaker
-        relation ``long [E]`` (``party_i * num_parties + party_j``).
-
-    >>> m = torch.tensor([[True, True, True]])
-    >>> ei, tr, sr = window_edges(m, torch.tensor([[0, 1, 0]]), 1, 0, 2)
-    >>> ei.tolist(), tr.tolist(), sr.tolist()
-    ([[0, 0, 1, 1, 2], [0, 1, 1, 2, 2]], [1, 0, 1, 0, 1], [0, 2, 3, 1, 0])
-    """
-    t = mask.shape[1]
-    pos = torch.arange(t, device=mask.device)
-    offset = pos[None, :] - pos[:, None]  # [i, j] -> j - i
-    allowed = torch.ones_like(offset, dtype=torch.bool)
-    if window_past >= 0:
-        allowed &= offset >= -window_past
-    if window_future >= 0:
-        allowed &= offset <= window_future
-    pair = mask[:, :, None] & mask[:, None, :] & allowed[None]
-    b, i, j = pair.nonzero(as_tuple=True)
-    node = flat_node_ids(mask)
-    edge_index = torch.stack([node[b * t + j], node[b * t + i]])
-    temporal = torch.sign(j - i) + 1
-    p = parties.clamp(0, num_parties - 1)
-    speaker = p[b, i] * num_parties + p[b, j]
-    return edge_index, temporal, speaker
 
 
 class NodalAttention(nn.Module):
@@ -273,4 +229,4 @@ class GCNet(MercModel):
         return total / max(batch.num_utterances, 1)
 
 
-__all__ = ["GCNet", "GraphNetwork", "NodalAttention", "window_edges"]
+__all__ = ["GCNet", "GraphNetwork", "NodalAttention"]

@@ -66,6 +66,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from merc.data.batching import Batch
+from merc.data.graphs import fully_connected_edges, normalized_dialogue_adjacency
 from merc.data.missing import drop_available
 from merc.errors import ConfigError, resolve_choice
 from merc.models.base import MercModel
@@ -79,58 +80,6 @@ if TYPE_CHECKING:
 RECONSTRUCTION_LOSSES: tuple[str, ...] = ("kl", "mse", "none")
 #: Mi-CGA eq. 23: the three modality pairs, each attended in both directions.
 CMA_PAIRS: tuple[tuple[str, str], ...] = (("a", "t"), ("t", "v"), ("v", "a"))
-
-
-# -- graph construction (vectorised over the batch) -----------------------------------------
-def flat_node_ids(mask: Tensor) -> Tensor:
-    """Node id of every ``(b, t)`` slot in flat order (``-1`` at padding).
-
-    Shapes:
-        - mask: ``bool [B, T]``; output ``long [B * T]``.
-    """
-    flat = mask.reshape(-1)
-    return torch.where(flat, flat.long().cumsum(0) - 1, torch.full_like(flat, -1, dtype=torch.long))
-
-
-def fully_connected_edges(mask: Tensor, self_loops: bool = False) -> Tensor:
-    """``edge_index`` of the fully connected graph of every dialogue in the batch.
-
-    Nodes are numbered in :attr:`merc.data.batching.Batch.flat_index` order, so node
-    features are ``batch.flatten(x)``. No edge joins two dialogues.
-
-    Args:
-        mask: ``bool [B, T]`` real utterances.
-        self_loops: Include ``i -> i`` edges.
-
-    Shapes:
-        - output: ``long [2, E]`` (source, target), ``E = sum(n_b * (n_b - 1))`` without
-          self loops.
-
-    >>> fully_connected_edges(torch.tensor([[True, True], [True, False]])).tolist()
-    [[1, 0], [0, 1]]
-    """
-    t = mask.shape[1]
-    pair = mask[:, :, None] & mask[:, None, :]
-    if not self_loops:
-        pair = pair & ~torch.eye(t, dtype=torch.bool, device=mask.device)[None]
-    b, i, j = pair.nonzero(as_tuple=True)
-    node = flat_node_ids(mask)
-    return torch.stack([node[b * t + j], node[b * t + i]])
-
-
-def normalized_dialogue_adjacency(mask: Tensor) -> Tensor:
-    r"""Dense :math:`\tilde A = \hat D^{-1/2}(A+I)\hat D^{-1/2}` of each dialogue's complete graph.
-
-    Mi-CGA Section 3.3.1. With every utterance linked to every other, :math:`A+I` is
-    all ones on the dialogue's ``n x n`` block and :math:`\tilde A = 1/n` there (zero at
-    padding): one GCN propagation is the dialogue mean.
-
-    Shapes:
-        - mask: ``bool [B, T]``; output ``float [B, T, T]``.
-    """
-    a_hat = (mask[:, :, None] & mask[:, None, :]).float()
-    inv_sqrt = a_hat.sum(-1).clamp_min(1.0).rsqrt() * mask.float()
-    return inv_sqrt[:, :, None] * a_hat * inv_sqrt[:, None, :]
 
 
 # -- blocks ----------------------------------------------------------------------------------
@@ -427,5 +376,5 @@ class MiCGA(MercModel):
         return ModelOutput(self.classifier(hidden), {}, aux, hidden)
 
 
-__all__ = ["MiCGA", "CrossModalAttention", "DenseGCNLayer", "fully_connected_edges", "normalized_dialogue_adjacency",
+__all__ = ["MiCGA", "CrossModalAttention", "DenseGCNLayer",
            "reconstruction_loss"]
