@@ -43,6 +43,18 @@ Choices where the paper and code differ or are silent (all documented, some expo
   modalities of every utterance are present; absent ones enter as their (zero)
   features.
 - The reference's text Transformer has no positional encoding; neither has this one.
+
+Speed (CPU; ``bench/bench_corect.py`` times it against the reference), same function:
+
+- Encoders, speaker embedding and classifier work on the ``N`` real utterances
+  (``[N, d]``), never on the padded ``[B, T, d]`` grid; the text Transformer's
+  per-utterance parts too, only its attention sees the padded grid
+  (:mod:`merc.models.layers.transformer`).
+- The Graph Transformer is evaluated as masked dense attention per dialogue
+  (:mod:`merc.models.layers.graph_attention`) instead of PyG's per-edge gathers.
+- Dropout masks come from random bits (:mod:`merc.models.layers.dropout`): PyTorch's
+  CPU ``bernoulli_`` cost more than the text Transformer's feed-forward products.
+  Same distribution, another random stream than ``nn.Dropout``.
 """
 
 from __future__ import annotations
