@@ -92,18 +92,6 @@ def test_features_at_missing_entries_are_never_read() -> None:
     torch.testing.assert_close(out.aux_losses["reconstruction"], ref.aux_losses["reconstruction"])
 
 
-def test_prediction_does_not_depend_on_other_dialogues_masks() -> None:
-    ds = make_dataset((5, 7, 3), "tav", seed=3)
-    a, b = apply_missing(ds, 0.3, seed=1), apply_missing(ds, 0.6, seed=2)
-    items_a = to_tensors(a)["train"]
-    items_b = to_tensors(b)["train"]
-    model = _model().eval()
-    with torch.no_grad():
-        one = model(collate(items_a, ds.modalities)).logits[:5]
-        two = model(collate([items_a[0], *items_b[1:]], ds.modalities)).logits[:5]
-    torch.testing.assert_close(one, two)
-
-
 def test_time_attention_adds_parameters_and_runs() -> None:
     base = {n for n, _ in _model().named_parameters()}
     attn_model = _model(time_attention=True)

@@ -138,25 +138,6 @@ def test_features_at_missing_entries_are_never_read() -> None:
     torch.testing.assert_close(out.aux_losses["reconstruction"], ref.aux_losses["reconstruction"])
 
 
-def test_prediction_does_not_depend_on_other_dialogues_masks() -> None:
-    ds = make_dataset((5, 7, 3), "tav", seed=3)
-    masked_a = apply_missing(ds, 0.3, seed=1)
-    masked_b = apply_missing(ds, 0.6, seed=2)
-    # Dialogue 0 keeps masks from `a`; dialogues 1-2 get other masks from `b`.
-    mixed = masked_b.splits["train"][1:]
-    items_a = to_tensors(masked_a)["train"]
-    items_mixed = [items_a[0]] + to_tensors(MercDataset(
-        name="m", label_names=ds.label_names, modalities=ds.modalities,
-        splits={"train": mixed, "valid": [], "test": []}))["train"]
-    model = _model().eval()
-    with torch.no_grad():
-        one = model(collate(items_a, ds.modalities)).logits[:5]
-        two = model(collate(items_mixed, ds.modalities)).logits[:5]
-        alone = model(collate(items_a[:1], ds.modalities)).logits
-    torch.testing.assert_close(one, two)
-    torch.testing.assert_close(one, alone)
-
-
 def test_train_mask_rate_hides_entries_in_training_only() -> None:
     batch = collate(to_tensors(make_dataset((4, 6), "tav", seed=0))["train"], ("t", "a", "v"))
     plain, masked = _model(seed=2), _model(seed=2, train_mask_rate=0.5)

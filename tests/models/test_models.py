@@ -14,6 +14,7 @@ import torch
 
 from helpers import DIMS, make_batch, make_dataset
 from merc.data.batching import collate, to_tensors
+from merc.data.missing import apply_missing
 from merc.models import build_model, list_models
 from merc.models.output import ModelOutput
 from merc.training.trainer import TrainConfig, Trainer
@@ -73,6 +74,19 @@ def test_predictions_do_not_depend_on_padding_or_batch_mates(name: str) -> None:
         reordered = model(collate([items[3], items[1], items[0], items[2]], ds.modalities)).logits
         torch.testing.assert_close(reordered[:12], together[11:23], rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(reordered[12:19], together[1:8], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_predictions_do_not_depend_on_other_dialogues_masks(name: str) -> None:
+    ds = make_dataset((5, 7, 3), "tav", seed=3)
+    items_a = to_tensors(apply_missing(ds, 0.3, seed=1))["train"]
+    items_b = to_tensors(apply_missing(ds, 0.6, seed=2))["train"]
+    model = _build(name, "tav").eval()
+    with torch.no_grad():
+        reference = model(collate(items_a, ds.modalities)).logits[:5]
+        # Dialogue 0 keeps its masks; its batch mates carry other masks.
+        mixed = model(collate([items_a[0], *items_b[1:]], ds.modalities)).logits[:5]
+    torch.testing.assert_close(mixed, reference, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", MODELS)
