@@ -22,6 +22,7 @@ from merc.data.missing import (
 )
 from merc.data.schema import Conversation, MercDataset
 from merc.data.synthetic import generate_synthetic
+from merc.data.transforms import feature_statistics, standardize_features
 from merc.errors import DataError
 
 RATES = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 2 / 3]
@@ -191,8 +192,28 @@ def test_imputation_values() -> None:
         np.testing.assert_array_equal(out[[0, 2]], [[1, 2], [5, 6]])  # available rows untouched
     kept = impute(ds, "mean").splits["train"][0]
     np.testing.assert_array_equal(kept.availability, ds.splits["train"][0].availability)
+    assert impute(ds, "none") is ds
     with pytest.raises(Exception, match="imputation method"):
         impute(ds, "median")
+
+
+def test_standardisation_after_imputation_keeps_the_raw_space_fill() -> None:
+    """ZeroImp is a raw zero (-mean/std once z-scored); MeanImp and "none" both end at 0."""
+    ds = _tiny_incomplete()
+    mean, std = feature_statistics(ds, "a")  # available training rows only
+    np.testing.assert_allclose(mean, [5.0, 17 / 3], rtol=1e-6)
+    none = standardize_features(impute(ds, "none")).splits["train"][0].features["a"]
+    zero = standardize_features(impute(ds, "zero")).splits["train"][0].features["a"]
+    mean_imp = standardize_features(impute(ds, "mean")).splits["train"][0].features["a"]
+    np.testing.assert_array_equal(none[[1, 3]], 0.0)
+    np.testing.assert_allclose(zero[[1, 3]], np.broadcast_to(-mean / (std + 1e-6), (2, 2)), rtol=1e-5)
+    np.testing.assert_allclose(mean_imp[[1, 3]], 0.0, atol=1e-6)
+    for out in (zero, mean_imp):  # available rows are z-scored the same way whatever the fill
+        np.testing.assert_allclose(out[[0, 2]], none[[0, 2]], rtol=1e-6)
+    # Given statistics replace the split's (a test-only view has no training split).
+    shifted = standardize_features(ds, statistics={"t": (np.zeros(2, np.float32), np.ones(2, np.float32)),
+                                                   "a": (np.ones(2, np.float32), np.ones(2, np.float32))})
+    np.testing.assert_allclose(shifted.splits["train"][0].features["a"][0], [0.0, 1.0], atol=1e-5)
 
 
 def test_drop_available_keeps_one_per_utterance_and_only_hides_available() -> None:

@@ -69,11 +69,15 @@ def test_train_complete_protocol(trained_run, tiny: MercDataset) -> None:
     assert again["conditions"][0]["metrics"] == by_name["rate=0.30"]["metrics"]
 
 
-def test_train_complete_with_mean_imputation(trained_run, tiny: MercDataset) -> None:
+def test_train_complete_imputations(trained_run, tiny: MercDataset) -> None:
+    """MeanImp fills the raw training mean, which z-scoring maps to merc's default 0."""
     run, _ = trained_run
-    rep = robustness_from_run(run, rates=(0.5,), drops=(), mask_seeds=(0,), imputation="mean", dataset=tiny,
-                              mask_dir=run.parent / "other_masks")
-    assert rep["imputation"] == "mean" and len(rep["conditions"][0]["runs"]) == 2
+    reps = {m: robustness_from_run(run, rates=(0.5,), drops=(), mask_seeds=(0,), imputation=m, dataset=tiny,
+                                   mask_dir=run.parent / "other_masks") for m in ("none", "mean", "zero")}
+    assert reps["mean"]["imputation"] == "mean" and len(reps["mean"]["conditions"][0]["runs"]) == 2
+    f1 = {m: r["conditions"][0]["metrics"]["weighted_f1"]["per_seed"] for m, r in reps.items()}
+    np.testing.assert_allclose(f1["mean"], f1["none"], atol=1e-6)
+    assert all(np.isfinite(f1["zero"]))
 
 
 def test_retrain_protocol_masks_every_split(tiny: MercDataset, tmp_path) -> None:

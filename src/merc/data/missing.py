@@ -68,7 +68,9 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 MISSING_PROTOCOLS: tuple[str, ...] = ("same-rate", "test-only")
-IMPUTATION_METHODS: tuple[str, ...] = ("zero", "mean", "neighbour")
+# "none": merc's default -- missing entries are 0 in the model's (standardised) input space
+# and the availability mask tells the model; the others are the imputation baselines.
+IMPUTATION_METHODS: tuple[str, ...] = ("none", "zero", "mean", "neighbour")
 MASK_FILE_FORMAT = "merc-missing-masks-v1"
 
 
@@ -388,25 +390,28 @@ def impute(
     split: str = "train",
     reference: MercDataset | None = None,
 ) -> MercDataset:
-    """Fill missing features (availability unchanged: models still see the mask).
+    """Fill missing features in the raw feature space (availability unchanged).
 
-    The naive strategies of Mi-CGA Section 5.4 (RQ4):
+    The naive strategies of Mi-CGA Section 5.4 (RQ4), applied to the features as the
+    corpus gives them, i.e. *before* merc's train-split standardisation
+    (:func:`merc.data.transforms.standardize_features` keeps the filled values of a
+    dataset whose ``meta["imputation"]`` is set, and z-scores them like any feature):
 
-    - ``"zero"`` (ZeroImp): missing features are zero (what :func:`apply_missing` left).
+    - ``"none"``: nothing is filled; standardisation later sets missing entries to 0 in
+      the model's input space, which is the training mean in the raw space (merc's
+      default for every model; models still see the availability mask).
+    - ``"zero"`` (ZeroImp): missing raw features are 0 -- after z-scoring
+      ``-mean/std``, i.e. a point usually far from the data, as in the papers' raw inputs.
     - ``"mean"`` (MeanImp): the global mean of the modality's *available* features in the
-      ``split`` split (training: nothing leaks).
+      ``split`` split (training: nothing leaks). After z-scoring this is exactly 0, so
+      with ``data.standardize`` on it coincides with ``"none"``.
     - ``"neighbour"``: the average of the same modality's *available* features of the
       utterance's neighbours on the conversation graph -- every other utterance of the
       dialogue (Mi-CGA's fully connected graph, the one-step feature propagation of
       Rossi et al. 2022 cited there), or only those within ``window`` turns (GCNet's
       temporal window) when ``window`` is given. Unlike the "zero-dominated averages"
       Section 5.4 criticises, missing neighbours are excluded from the average; an
-      utterance with no available neighbour stays zero.
-
-    Note: merc's runner z-scores features with training statistics, so after
-    standardisation ``"zero"`` already equals mean imputation in the raw feature space;
-    impute after standardising (and train with ``data.standardize=false``) to keep the
-    filled values.
+      utterance with no available neighbour gets the raw zero.
 
     Args:
         dataset: Dataset with ``availability`` set where features are missing.
@@ -420,6 +425,8 @@ def impute(
         A new dataset; ``meta["imputation"]`` records the method.
     """
     method = resolve_choice("imputation method", method, list(IMPUTATION_METHODS))
+    if method == "none":
+        return dataset
     if window is not None and window < 1:
         raise DataError(f"neighbour window must be >= 1 turn, got {window}")
     source = reference if reference is not None else dataset

@@ -8,7 +8,7 @@ leaking validation or test information.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -32,18 +32,30 @@ def feature_statistics(dataset: MercDataset, modality: str, split: str = "train"
 
 
 def standardize_features(
-    dataset: MercDataset, modalities: Sequence[str] | None = None, split: str = "train", eps: float = 1e-6
+    dataset: MercDataset,
+    modalities: Sequence[str] | None = None,
+    split: str = "train",
+    eps: float = 1e-6,
+    statistics: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> MercDataset:
-    """A copy with each modality z-scored by ``split`` statistics; missing entries stay 0.
+    """A copy with each modality z-scored by ``split`` statistics.
+
+    Statistics come from the *available* entries only. Missing entries (``availability``
+    false) become exactly 0 -- the training mean -- unless the dataset was imputed
+    (``meta["imputation"]`` set by :func:`merc.data.missing.impute`): then the filled
+    values are deliberate and are z-scored like the others.
 
     Args:
         dataset: Dataset with features attached.
         modalities: Which to transform (default: all attached).
         split: The split whose statistics are used (train: nothing leaks).
         eps: Added to the std so constant dimensions do not divide by zero.
+        statistics: ``{modality: (mean [d], std [d])}`` to use instead of ``split``'s,
+            e.g. a training split's statistics for a test-only view.
     """
     mods = tuple(modalities) if modalities is not None else dataset.modalities
-    stats = {m: feature_statistics(dataset, m, split) for m in mods}
+    stats = dict(statistics) if statistics is not None else {m: feature_statistics(dataset, m, split) for m in mods}
+    keep_filled = "imputation" in dataset.meta
     splits = {}
     for name, convs in dataset.splits.items():
         new_convs = []
@@ -52,8 +64,8 @@ def standardize_features(
             for m in mods:
                 mean, std = stats[m]
                 z = ((conv.features[m] - mean) / (std + eps)).astype(np.float32)
-                if conv.availability is not None:
-                    # Missing features stay exactly zero so models can still tell them apart.
+                if conv.availability is not None and not keep_filled:
+                    # Missing features are exactly zero: the training mean, the same for every model.
                     z[~np.asarray(conv.availability, dtype=bool)[:, MODALITIES.index(m)]] = 0.0
                 feats[m] = z
             new_convs.append(conv.replace(features=feats))

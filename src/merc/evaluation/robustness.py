@@ -163,7 +163,7 @@ def robustness_from_run(
     rates: Iterable[float] = DEFAULT_RATES,
     drops: Iterable[str] = DEFAULT_DROPS,
     mask_seeds: Sequence[int] = (0, 1, 2),
-    imputation: str = "zero",
+    imputation: str = "none",
     mask_dir: str | Path | None = None,
     data_root: str | Path | None = None,
     device: str = "cpu",
@@ -176,8 +176,10 @@ def robustness_from_run(
         rates: Overall missing rates of the test split.
         drops: Modalities (or pairs) to remove from every test utterance.
         mask_seeds: Mask seeds per condition (results aggregate training x mask seeds).
-        imputation: ``"zero"``, ``"mean"`` (training mean) or ``"neighbour"`` filling of
-            the missing test features (:func:`merc.data.missing.impute`).
+        imputation: ``"none"`` (missing entries = training mean after z-scoring, merc's
+            default), ``"zero"`` (raw zero), ``"mean"`` (raw training mean) or
+            ``"neighbour"`` filling of the missing test features, in the raw feature space
+            before the run's standardisation (:func:`merc.data.missing.impute`).
         mask_dir: Mask cache (default ``<run_dir>/robustness_masks``).
         data_root: Folder with the real corpora.
         device: Evaluation device.
@@ -188,6 +190,7 @@ def robustness_from_run(
         The model's report (see :func:`write_robustness_report`).
     """
     from merc.data.batching import to_tensors
+    from merc.data.transforms import feature_statistics, standardize_features
     from merc.training.runner import prepare_dataset, selected_trainers
 
     run = Path(run_dir)
@@ -197,28 +200,33 @@ def robustness_from_run(
     recipe = load_yaml(run / "config.yaml")
     info = recipe.get("data", {})
     mods = parse_modalities(info["modalities"])
-    data = prepare_dataset(dataset if dataset is not None else info["dataset"], mods, recipe, data_root, False)
-    test_view = dataclasses.replace(data, splits={"test": list(data.splits["test"])})
+    # Masks and imputation act on the raw features; the run's own transform (z-scoring
+    # with the complete training split's statistics) is applied afterwards.
+    raw_recipe = {**recipe, "data": {**info, "standardize": False}}
+    raw = prepare_dataset(dataset if dataset is not None else info["dataset"], mods, raw_recipe, data_root, False)
+    statistics = ({m: feature_statistics(raw, m) for m in mods} if info.get("standardize", True) else None)
+    test_view = dataclasses.replace(raw, splits={"test": list(raw.splits["test"])})
     conditions, skipped = make_conditions(mods, rates, drops)
     mask_dir = Path(mask_dir) if mask_dir is not None else run / MASK_DIR
 
-    trainers = selected_trainers(run, recipe, data, device)
+    trainers = selected_trainers(run, recipe, raw, device)
 
     entries = []
     for cond in conditions:
         runs = []
         for mask_seed in _mask_seeds_for(cond, mask_seeds):
             masked = mask_condition(test_view, cond, mask_seed, "test-only", mask_dir)
-            if imputation != "zero":
-                masked = impute(masked, imputation, reference=data)
-            items = to_tensors(masked)["test"]
+            masked = impute(masked, imputation, reference=raw)
             realized = realized_missing_rate(masked, "test")
+            if statistics is not None:
+                masked = standardize_features(masked, statistics=statistics)
+            items = to_tensors(masked)["test"]
             for seed, trainer in trainers.items():
                 runs.append({"train_seed": seed, "mask_seed": mask_seed, "realized_rate": realized,
                              **_headline(trainer.evaluate(items))})
         entries.append(_condition_entry(cond, runs, mods))
     return {
-        "protocol": "train-complete", "model": info["model_name"], "source": str(run), "dataset": data.name,
+        "protocol": "train-complete", "model": info["model_name"], "source": str(run), "dataset": raw.name,
         "modalities": "".join(mods), "imputation": imputation, "train_seeds": list(info["seeds"]),
         "mask_seeds": list(mask_seeds), "skipped": skipped, "conditions": entries,
     }
@@ -234,7 +242,7 @@ def robustness_by_retraining(
     drops: Iterable[str] = (),
     seeds: Sequence[int] = (0,),
     mask_seeds: Sequence[int] = (0,),
-    imputation: str = "zero",
+    imputation: str = "none",
     overrides: Sequence[str] = (),
     recipe_path: str | Path | None = None,
     data_root: str | Path | None = None,
@@ -245,21 +253,21 @@ def robustness_by_retraining(
 
     Each (condition, mask seed) is one :func:`run_experiment` over ``seeds`` in
     ``<out_dir>/<model>/<condition>/mask_<seed>`` (resumable: finished seeds are reused).
-    With ``imputation`` other than ``"zero"`` the masked dataset is standardised here
-    (when the recipe asks for it), imputed, and trained with ``data.standardize=false``
-    so the runner does not zero the filled values again.
+    Missing raw features are imputed (:func:`merc.data.missing.impute`; ``"none"``
+    leaves them to the runner's standardisation, which sets them to the training mean)
+    before the runner z-scores the dataset as for any training run.
 
     Returns:
         The model's report (see :func:`write_robustness_report`).
     """
     from merc.data.registry import load_dataset
-    from merc.training.runner import prepare_dataset, resolve_recipe, run_experiment
+    from merc.training.runner import resolve_recipe, run_experiment
 
     mods = parse_modalities(modalities)
     imputation = resolve_choice("imputation method", imputation, list(IMPUTATION_METHODS))
     out = Path(out_dir)
     name = dataset if isinstance(dataset, str) else dataset.name
-    recipe = resolve_recipe(model, name, overrides, recipe_path)
+    resolve_recipe(model, name, overrides, recipe_path)  # fail before any training on a bad recipe
     raw = (load_dataset(dataset, modalities=mods, data_root=data_root, show_progress=show_progress)
            if isinstance(dataset, str) else dataset.with_modalities(mods))
     conditions, skipped = make_conditions(mods, rates, drops)
@@ -267,14 +275,10 @@ def robustness_by_retraining(
     for cond in conditions:
         runs = []
         for mask_seed in _mask_seeds_for(cond, mask_seeds):
-            masked = mask_condition(raw, cond, mask_seed, "same-rate", out / MASK_DIR)
-            extra: list[str] = []
-            if imputation != "zero":
-                masked = impute(prepare_dataset(masked, mods, recipe), imputation)
-                extra = ["data.standardize=false"]
+            masked = impute(mask_condition(raw, cond, mask_seed, "same-rate", out / MASK_DIR), imputation)
             result = run_experiment(
                 model, masked, "".join(mods), list(seeds), out / model / cond.slug / f"mask_{mask_seed}",
-                overrides=[*overrides, *extra], recipe_path=recipe_path, device=device, show_progress=show_progress,
+                overrides=list(overrides), recipe_path=recipe_path, device=device, show_progress=show_progress,
             )
             realized = realized_missing_rate(masked, "test")
             for i, seed in enumerate(result["seeds"]):
@@ -443,8 +447,9 @@ def add_robustness_arguments(parser: argparse.ArgumentParser) -> argparse.Argume
     parser.add_argument("--drops", type=_drops, default=None,
                         help="modalities to remove everywhere, e.g. a,v,av; 'none' for no drops "
                              "(default t,a,v,ta,tv,av for runs, none for --model)")
-    parser.add_argument("--imputation", default="zero", choices=list(IMPUTATION_METHODS),
-                        help="filling of missing features (zero, training mean, neighbour average)")
+    parser.add_argument("--imputation", default="none", choices=list(IMPUTATION_METHODS),
+                        help="filling of missing raw features before z-scoring: none (merc default: the "
+                             "training mean after z-scoring), zero (ZeroImp), mean (MeanImp), neighbour")
     parser.add_argument("--metric", default="weighted_f1", choices=list(HEADLINE_METRICS))
     parser.add_argument("--out", default=None, help="report folder (default: the first run folder)")
     parser.add_argument("--config", default=None, help="recipe YAML for --model")
