@@ -12,7 +12,7 @@ import pytest
 from merc.data.missing import read_masks
 from merc.data.schema import MercDataset
 from merc.data.synthetic import generate_synthetic
-from merc.errors import ConfigError
+from merc.errors import ConfigError, DataError
 from merc.evaluation.robustness import (
     MASK_DIR,
     add_robustness_arguments,
@@ -116,7 +116,20 @@ def test_cli_entry(tmp_path) -> None:
     report = json.loads((run / "robustness.json").read_text())
     assert [c["name"] for c in report["reports"][0]["conditions"]] == ["rate=0.00", "rate=0.40", "drop=v"]
     assert (run / "robustness.md").is_file() and (run / "robustness.png").is_file()
-    with pytest.raises(ConfigError, match="either run folders"):
+    with pytest.raises(ConfigError, match="give one of"):
         robustness_main(parser.parse_args([str(run), "--model", "micga"]))
     with pytest.raises(ConfigError, match="--dataset and --out"):
         robustness_main(parser.parse_args(["--model", "micga"]))
+    # Earlier sweeps combine into one table; an imputed sweep is labelled by its imputation.
+    zero = tmp_path / "zero"
+    assert robustness_main(parser.parse_args([str(run), "--rates", "0.4", "--drops", "none", "--mask-seeds", "0",
+                                              "--imputation", "zero", "--out", str(zero)])) == 0
+    merged = tmp_path / "merged"
+    assert robustness_main(parser.parse_args(["--merge", str(run / "robustness.json"), str(zero),
+                                              "--out", str(merged)])) == 0
+    md = (merged / "robustness.md").read_text()
+    assert "| micga |" in md and "| micga + zero imputation |" in md
+    with pytest.raises(ConfigError, match="--merge needs --out"):
+        robustness_main(parser.parse_args(["--merge", str(zero)]))
+    with pytest.raises(DataError, match="not a robustness.json"):
+        robustness_main(parser.parse_args(["--merge", str(tmp_path), "--out", str(merged)]))

@@ -295,8 +295,9 @@ def robustness_by_retraining(
 
 # -- report ------------------------------------------------------------------------------------
 def _labels(reports: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Curve labels: ``label`` or the model name; repeated names get their source folder."""
-    names = [str(r.get("label") or r["model"]) for r in reports]
+    """Curve labels: ``label`` or the model name (+ its imputation); repeats get their source folder."""
+    names = [str(r.get("label") or (r["model"] if r.get("imputation", "none") == "none"
+                                    else f"{r['model']} + {r['imputation']} imputation")) for r in reports]
     return [n if names.count(n) == 1 else f"{n} ({Path(str(r['source'])).name}, {r['protocol']})"
             for n, r in zip(names, reports)]
 
@@ -413,6 +414,18 @@ def write_robustness_report(
     return paths
 
 
+def load_robustness_reports(path: str | Path) -> list[dict[str, Any]]:
+    """The reports of a ``robustness.json`` (a file, or a folder holding one)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / REPORT_FILES["json"]
+    try:
+        reports = json.loads(path.read_text(encoding="utf-8"))["reports"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{path} is not a robustness.json written by `merc robustness` ({exc})") from None
+    return list(reports)
+
+
 # -- command line --------------------------------------------------------------------------------
 def _floats(text: str) -> list[float]:
     try:
@@ -450,6 +463,9 @@ def add_robustness_arguments(parser: argparse.ArgumentParser) -> argparse.Argume
     parser.add_argument("--imputation", default="none", choices=list(IMPUTATION_METHODS),
                         help="filling of missing raw features before z-scoring: none (merc default: the "
                              "training mean after z-scoring), zero (ZeroImp), mean (MeanImp), neighbour")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="combine the reports of earlier sweeps (robustness.json files or their folders) "
+                             "into one table and plot in --out")
     parser.add_argument("--metric", default="weighted_f1", choices=list(HEADLINE_METRICS))
     parser.add_argument("--out", default=None, help="report folder (default: the first run folder)")
     parser.add_argument("--config", default=None, help="recipe YAML for --model")
@@ -468,10 +484,18 @@ def robustness_main(args: argparse.Namespace) -> int:
     Raises :class:`merc.errors.MercError` subclasses for bad input (the CLI prints them).
     """
     runs = list(getattr(args, "runs", []) or [])
-    if bool(runs) == bool(args.model):
-        raise ConfigError("give either run folders (reuse trained weights) or --model (retrain per condition)")
+    merge = list(getattr(args, "merge", None) or [])
+    if sum(map(bool, (runs, args.model, merge))) != 1:
+        raise ConfigError("give one of: run folders (reuse trained weights), --model (retrain per condition) "
+                          "or --merge robustness.json files")
     reports: list[dict[str, Any]] = []
-    if runs:
+    if merge:
+        if not args.out:
+            raise ConfigError("--merge needs --out (the folder for the combined table and plot)")
+        out = Path(args.out)
+        for path in merge:
+            reports.extend(load_robustness_reports(path))
+    elif runs:
         mask_seeds = args.mask_seeds or [0, 1, 2]
         drops = DEFAULT_DROPS if args.drops is None else args.drops
         out = Path(args.out) if args.out else Path(runs[0])
@@ -498,6 +522,6 @@ def robustness_main(args: argparse.Namespace) -> int:
 
 __all__ = [
     "DEFAULT_DROPS", "DEFAULT_RATES", "Condition", "add_robustness_arguments", "make_conditions",
-    "mask_condition", "plot_robustness", "robustness_by_retraining", "robustness_from_run", "robustness_main",
+    "load_robustness_reports", "mask_condition", "plot_robustness", "robustness_by_retraining", "robustness_from_run", "robustness_main",
     "robustness_markdown", "write_robustness_report",
 ]
