@@ -13,14 +13,17 @@ lr 0.00025, Adam with weight decay 1e-8, dropout 0.5, Transformer text encoder (
 layers), RGCN + Graph Transformer with 7 heads, window ``[11, 9]``, speaker embedding,
 no cross-modal block (one modality). merc's recipe is overridden to the same lr.
 
-Timing: one training epoch of each implementation, alternated (reference, merc,
-reference, ...) so that both see the same machine load, ``--repeats`` times after one
-warm-up epoch each, for every ``--threads`` setting. Reported: median seconds/epoch and
-the ratio reference / merc.
+Timing: one training epoch of each implementation, alternated (reference, merc at each
+``--precision``, reference, ...) so that all see the same machine load, ``--repeats``
+times after one warm-up epoch each, for every ``--threads`` setting. Reported per
+thread count and merc precision: median seconds/epoch and the ratio reference / merc.
+``--precision`` takes merc's ``training.precision`` values (comma-separated, e.g.
+``32,bf16-mixed``); the reference always trains in float32 (it has no such option).
 
 Parity (``--seeds 0,1,2 --epochs 50``): both train to completion, each selecting the
 epoch of best dev (valid) weighted F1 as it does (the reference's ``Coach.train``,
 merc's ``Trainer.fit``); test weighted F1 of the selected epoch, mean ± std over seeds.
+merc trains at the one ``--precision`` given (recorded in the section).
 
 The reference is not part of merc: pass ``--reference DIR``, a folder holding its
 ``corect`` package (imported from there). Without it only merc is timed.
@@ -32,8 +35,12 @@ Run::
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_corect.py --reference /tmp/corect_ref \\
         --repeats 5 --threads 1,2
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_corect.py --reference /tmp/corect_ref \\
+        --repeats 5 --threads 1 --precision 32,bf16-mixed
     OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python bench/bench_corect.py --reference /tmp/corect_ref \\
         --repeats 0 --seeds 0,1,2 --epochs 50
+    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python bench/bench_corect.py --reference /tmp/corect_ref \\
+        --repeats 0 --seeds 0,1,2 --epochs 50 --precision bf16-mixed --out /tmp/parity_bf16.json
 """
 
 from __future__ import annotations
@@ -66,6 +73,7 @@ import torch  # noqa: E402
 
 from merc.data.batching import to_tensors  # noqa: E402
 from merc.data.schema import MercDataset  # noqa: E402
+from merc.errors import ConfigError  # noqa: E402
 from merc.training.runner import model_for, prepare_dataset, resolve_recipe, train_one_seed  # noqa: E402
 from merc.training.trainer import TrainConfig, Trainer, seed_everything  # noqa: E402
 
@@ -77,11 +85,12 @@ REF_AUDIO_DIM, REF_VISUAL_DIM = 100, 512
 RESULTS = Path(__file__).parent / "results" / "corect.json"
 
 
-def merc_recipe(epochs: int) -> dict[str, Any]:
-    """merc's corect/iemocap6 recipe at run_train.sh's lr and batch size."""
+def merc_recipe(epochs: int, precision: str = "32") -> dict[str, Any]:
+    """merc's corect/iemocap6 recipe at run_train.sh's lr and batch size, at ``training.precision``."""
     return resolve_recipe(
         "corect", "iemocap6",
-        [f"training.lr={LR}", f"training.batch_size={BATCH_SIZE}", f"training.epochs={epochs}"],
+        [f"training.lr={LR}", f"training.batch_size={BATCH_SIZE}", f"training.epochs={epochs}",
+         f"training.precision={precision}"],
     )
 
 
@@ -172,31 +181,37 @@ def _timed(fn: Callable[[], Any]) -> float:
 
 
 def time_epochs(
-    data: MercDataset, tensors: dict[str, Any], recipe: dict[str, Any], threads: int, repeats: int,
+    data: MercDataset, tensors: dict[str, Any], recipes: dict[str, dict[str, Any]], threads: int, repeats: int,
     reference: ModuleType | None, pkl: Path | None,
-) -> dict[str, Any]:
-    """Alternate reference and merc training epochs; median seconds per epoch of each."""
-    trainer = build_merc(data, tensors, recipe, seed=0, threads=threads)
+) -> list[dict[str, Any]]:
+    """Alternate reference and merc training epochs (one merc trainer per precision of
+    ``recipes``); one row per precision: median seconds per epoch of merc and of the
+    reference (the same reference epochs in every row)."""
+    trainers = {prec: build_merc(data, tensors, recipe, seed=0, threads=threads) for prec, recipe in recipes.items()}
     torch.set_num_threads(threads)
     coach = build_reference(reference, pkl, data.dims["t"], 1, 0) if reference is not None and pkl else None
-    merc_s: list[float] = []
+    merc_s: dict[str, list[float]] = {prec: [] for prec in trainers}
     ref_s: list[float] = []
     for i in range(repeats + 1):  # epoch 0 warms up caches and allocators, not counted
         if coach is not None:
             t = _timed(lambda i=i: coach.train_epoch(i + 1))
             if i:
                 ref_s.append(t)
-        t = _timed(trainer.train_epoch)
-        if i:
-            merc_s.append(t)
-    out: dict[str, Any] = {
-        "threads": threads, "torch_threads": torch.get_num_threads(), "repeats": repeats,
-        "merc_seconds": merc_s, "merc_median_s": statistics.median(merc_s),
-    }
-    if ref_s:
-        out.update(reference_seconds=ref_s, reference_median_s=statistics.median(ref_s),
-                   speedup=statistics.median(ref_s) / statistics.median(merc_s))
-    return out
+        for prec, trainer in trainers.items():
+            t = _timed(trainer.train_epoch)
+            if i:
+                merc_s[prec].append(t)
+    rows = []
+    for prec, seconds in merc_s.items():
+        row: dict[str, Any] = {
+            "threads": threads, "precision": prec, "torch_threads": torch.get_num_threads(), "repeats": repeats,
+            "merc_seconds": seconds, "merc_median_s": statistics.median(seconds),
+        }
+        if ref_s:
+            row.update(reference_seconds=ref_s, reference_median_s=statistics.median(ref_s),
+                       speedup=statistics.median(ref_s) / statistics.median(seconds))
+        rows.append(row)
+    return rows
 
 
 def parity(
@@ -223,7 +238,10 @@ def parity(
         std = statistics.stdev(values) if len(values) > 1 else 0.0
         return {"per_seed": values, "mean": statistics.mean(values), "std": std}
 
-    out: dict[str, Any] = {"seeds": seeds, "epochs": int(recipe["training"]["epochs"]), "merc_test_weighted_f1": summary(merc_f1)}
+    out: dict[str, Any] = {
+        "seeds": seeds, "epochs": int(recipe["training"]["epochs"]),
+        "precision": TrainConfig.from_dict(recipe["training"]).precision, "merc_test_weighted_f1": summary(merc_f1),
+    }
     if ref_f1:
         out["reference_test_weighted_f1"] = summary(ref_f1)
     return out
@@ -240,10 +258,21 @@ def main() -> None:
     parser.add_argument("--seeds", default="", help="comma-separated seeds for the accuracy parity run")
     parser.add_argument("--epochs", type=int, default=50, help="epochs of the parity run")
     parser.add_argument("--parity-threads", type=int, default=1)
+    parser.add_argument("--precision", default="32",
+                        help="comma-separated merc training.precision values to time, e.g. 32,bf16-mixed "
+                             "(the parity run takes exactly one)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    recipe = merc_recipe(args.epochs)
+    try:  # merc's own validation and spelling (e.g. BF16_mixed -> bf16-mixed)
+        precisions = list(dict.fromkeys(TrainConfig(precision=p).precision for p in args.precision.split(",")))
+    except ConfigError as e:
+        parser.error(str(e))
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    if seeds and len(precisions) != 1:
+        parser.error(f"the parity run (--seeds) takes one --precision, got {', '.join(precisions)}")
+    recipes = {prec: merc_recipe(args.epochs, prec) for prec in precisions}
+    recipe = recipes[precisions[0]]
     data = prepare_dataset("iemocap6", "t", recipe, show_progress=False)
     tensors = to_tensors(data)
     reference = import_reference(args.reference.resolve()) if args.reference is not None else None
@@ -257,18 +286,19 @@ def main() -> None:
         pkl = write_reference_pickle(data, Path(tmp)) if reference is not None else None
         timings = []
         for threads in [int(t) for t in args.threads.split(",") if t] if args.repeats > 0 else []:
-            row = time_epochs(data, tensors, recipe, threads, args.repeats, reference, pkl)
-            timings.append(row)
-            line = f"threads={threads}: merc {row['merc_median_s']:.3f} s/epoch"
-            if "reference_median_s" in row:
-                line += f", reference {row['reference_median_s']:.3f} s/epoch, speedup x{row['speedup']:.2f}"
-            print(line, flush=True)
+            for row in time_epochs(data, tensors, recipes, threads, args.repeats, reference, pkl):
+                timings.append(row)
+                line = f"threads={threads} precision={row['precision']}: merc {row['merc_median_s']:.3f} s/epoch"
+                if "reference_median_s" in row:
+                    line += f", reference {row['reference_median_s']:.3f} s/epoch, speedup x{row['speedup']:.2f}"
+                print(line, flush=True)
         if timings:
             result["timing"] = timings
-        seeds = [int(s) for s in args.seeds.split(",") if s]
         if seeds:
-            result["parity"] = parity(data, tensors, recipe, seeds, args.parity_threads, reference, pkl)
-            p = result["parity"]
+            # One parity section per precision: "parity" (float32), "parity_bf16-mixed".
+            key = "parity" if precisions[0] == "32" else f"parity_{precisions[0]}"
+            result[key] = parity(data, tensors, recipe, seeds, args.parity_threads, reference, pkl)
+            p = result[key]
             for name in ("merc", "reference"):
                 if f"{name}_test_weighted_f1" in p:
                     s = p[f"{name}_test_weighted_f1"]
@@ -276,8 +306,8 @@ def main() -> None:
     # A run that skips timing (--repeats 0) or parity keeps that section of an earlier run.
     if args.out.is_file():
         previous = json.loads(args.out.read_text())
-        for section in ("timing", "parity"):
-            if section not in result and section in previous:
+        for section in previous:
+            if (section == "timing" or section.startswith("parity")) and section not in result:
                 result[section] = previous[section]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

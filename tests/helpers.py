@@ -45,3 +45,13 @@ def make_dataset(
 def make_batch(lengths: Sequence[int] = (1, 7, 3), modalities: str = "tav", seed: int = 0):
     ds = make_dataset(lengths, modalities, seed=seed)
     return collate(to_tensors(ds)["train"], ds.modalities), ds
+
+
+def assert_same_training(resumed, straight) -> None:
+    """Two trainers went through the same epochs (history without timings) to the same weights."""
+    def strip(history):
+        return [{k: v for k, v in e.items() if k != "seconds"} for e in history]
+
+    assert strip(resumed.history) == strip(straight.history)
+    for k, v in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[k], v)

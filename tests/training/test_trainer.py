@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from helpers import make_dataset
+from helpers import assert_same_training, make_dataset
 from merc.data.batching import to_tensors
 from merc.models import build_model
 from merc.training.plugins.base import TrainerPlugin
@@ -60,10 +60,7 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path) -> None:
     resumed = _trainer(tmp_path / "b", epochs=6)  # a fresh process: new model, same folder
     resumed.fit()
     assert resumed.epoch == 6
-    strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
-    assert strip(resumed.history) == strip(straight.history)
-    for k, v in straight.model.state_dict().items():
-        torch.testing.assert_close(resumed.model.state_dict()[k], v)
+    assert_same_training(resumed, straight)
     # The checkpoint loads with weights_only=True (no pickled objects).
     state = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
     assert json.loads(state["history"])[-1]["epoch"] == 5

@@ -55,6 +55,10 @@ Speed (CPU; ``bench/bench_corect.py`` times it against the reference), same func
 - Dropout masks come from random bits (:mod:`merc.models.layers.dropout`): PyTorch's
   CPU ``bernoulli_`` cost more than the text Transformer's feed-forward products.
   Same distribution, another random stream than ``nn.Dropout``.
+- Under ``training.precision=bf16-mixed`` on CPU only the text Transformer's
+  projections and feed-forward run in bfloat16, with row counts bucketed so that
+  oneDNN reuses its compiled kernels; its attention, the graph layers and the
+  classifier stay float32 (:mod:`merc.models.layers.precision`).
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ from merc.models.base import MercModel
 from merc.models.layers.crossmodal import CrossModalTransformer
 from merc.models.layers.dropout import FastDropout
 from merc.models.layers.graph_attention import NodeBlocks, block_transformer_conv, supports_block_attention
+from merc.models.layers.precision import cpu_autocast_active, linear
 from merc.models.layers.transformer import PackedTransformerEncoderLayer
 from merc.models.output import ModelOutput
 from merc.models.registry import register_model
@@ -141,7 +146,7 @@ class TextTransformerEncoder(nn.Module):
     def forward(self, x: Tensor, flat_index: Tensor, padding: Tensor) -> Tensor:
         for layer in self.layers:
             x = layer.forward_packed(x, flat_index, padding)
-        return self.out(x)
+        return linear(x, self.out.weight, self.out.bias)
 
 
 class RTGCN(nn.Module):
@@ -384,6 +389,15 @@ class CORECT(MercModel):
     def forward(self, batch: Batch) -> ModelOutput:
         self.check_batch(batch)
         encoded = self.encode(batch)
+        if cpu_autocast_active(batch.mask):
+            # bf16 on CPU pays off only for the text Transformer's large products; the
+            # graph, P-CM and classifier are small and ragged (merc.models.layers.precision).
+            with torch.autocast("cpu", enabled=False):
+                return self._fuse(batch, {m: h.float() for m, h in encoded.items()})
+        return self._fuse(batch, encoded)
+
+    def _fuse(self, batch: Batch, encoded: Mapping[str, Tensor]) -> ModelOutput:
+        """RT-GCN, P-CM and classifier on the encoded utterances ``{m: [N, h]}``."""
         flat = [encoded[m] for m in self.modalities]  # M x [N, h]
         n_utt = batch.num_utterances
         parts = []

@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.nn import TransformerConv
 
+from merc.models.layers.precision import float32_region
+
 
 class NodeBlocks(NamedTuple):
     """Where each graph node sits in the dense ``[B, S]`` block layout.
@@ -106,12 +108,14 @@ def block_transformer_conv(
         torch.cat([conv.lin_query.bias, conv.lin_key.bias, conv.lin_value.bias])
         if conv.lin_query.bias is not None else None
     )
-    qkv = F.linear(x, weight, bias)
+    qkv, precision = float32_region(F.linear(x, weight, bias))  # see merc.models.layers.precision
     slots = blocks.block * blocks.size + blocks.slot
-    grid = qkv.new_zeros(blocks.num_blocks * blocks.size, 3 * width).index_copy(0, slots, qkv)
-    q, k, v = grid.view(blocks.num_blocks, blocks.size, 3, heads, channels).permute(2, 0, 3, 1, 4).unbind(0)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])  # [B, H, S, C]; scale 1/sqrt(C) as PyG
-    out = out.transpose(1, 2).reshape(blocks.num_blocks * blocks.size, width).index_select(0, slots)
+    with precision:
+        # In place into the zero grid (index_copy would clone it first: a third of this function's time).
+        grid = qkv.new_zeros(blocks.num_blocks * blocks.size, 3 * width).index_copy_(0, slots, qkv)
+        q, k, v = grid.view(blocks.num_blocks, blocks.size, 3, heads, channels).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])  # [B, H, S, C]; 1/sqrt(C) as PyG
+        out = out.transpose(1, 2).reshape(blocks.num_blocks * blocks.size, width).index_select(0, slots)
     if has_isolated:
         out = out.masked_fill(isolated.view(-1)[slots, None], 0.0)
     return out + conv.lin_skip(x)

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from merc.errors import ConfigError
 from merc.models.layers.dropout import dropout, relu_dropout
+from merc.models.layers.precision import float32_region, linear
 
 
 def pack_index(padding: Tensor) -> Tensor:
@@ -63,18 +64,21 @@ def packed_self_attention(
     batch, steps = padding.shape
     d = qkv.shape[1] // 3
     head_dim = d // num_heads
-    # Padding rows are zeros: finite keys/values (masked anyway), queries whose rows are dropped.
-    grid = qkv.new_zeros(batch * steps, 3 * d).index_copy(0, flat_index, qkv)
-    q, k, v = grid.view(batch, steps, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, T, dh]
-    if dropout_p > 0.0:
-        scores = torch.matmul(q * head_dim**-0.5, k.transpose(-1, -2))  # [B, H, T, T]
-        scores = scores.masked_fill(padding[:, None, None, :], float("-inf"))
-        weights = dropout(torch.softmax(scores, dim=-1), dropout_p)
-        out = torch.matmul(weights, v)
-    else:
-        # Every dialogue has a real step, so no row is fully masked (no NaN).
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=~padding[:, None, None, :])
-    return out.transpose(1, 2).reshape(batch * steps, d).index_select(0, flat_index)
+    qkv, precision = float32_region(qkv)  # float32 attention under CPU autocast (see merc.models.layers.precision)
+    with precision:
+        # Padding rows are zeros: finite keys/values (masked anyway), queries whose rows are dropped.
+        # In place: the out-of-place index_copy would clone the whole zero grid first.
+        grid = qkv.new_zeros(batch * steps, 3 * d).index_copy_(0, flat_index, qkv)
+        q, k, v = grid.view(batch, steps, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, T, dh]
+        if dropout_p > 0.0:
+            scores = torch.matmul(q * head_dim**-0.5, k.transpose(-1, -2))  # [B, H, T, T]
+            scores = scores.masked_fill(padding[:, None, None, :], float("-inf"))
+            weights = dropout(torch.softmax(scores, dim=-1), dropout_p)
+            out = torch.matmul(weights, v)
+        else:
+            # Every dialogue has a real step, so no row is fully masked (no NaN).
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=~padding[:, None, None, :])
+        return out.transpose(1, 2).reshape(batch * steps, d).index_select(0, flat_index)
 
 
 class PackedTransformerEncoderLayer(nn.TransformerEncoderLayer):
@@ -98,19 +102,19 @@ class PackedTransformerEncoderLayer(nn.TransformerEncoderLayer):
 
     def _attention_block(self, x: Tensor, flat_index: Tensor, padding: Tensor) -> Tensor:
         attn = self.self_attn
-        qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)
+        qkv = linear(x, attn.in_proj_weight, attn.in_proj_bias)
         p = attn.dropout if self.training else 0.0
         out = packed_self_attention(qkv, flat_index, padding, attn.num_heads, p)
-        out = F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
+        out = linear(out, attn.out_proj.weight, attn.out_proj.bias)
         return dropout(out, self.dropout1.p, self.training)
 
     def _feed_forward_block(self, x: Tensor) -> Tensor:
-        h = self.linear1(x)
+        h = linear(x, self.linear1.weight, self.linear1.bias)
         if self.activation is F.relu or isinstance(self.activation, nn.ReLU):
             h = relu_dropout(h, self.dropout.p, self.training)
         else:
             h = dropout(self.activation(h), self.dropout.p, self.training)
-        return dropout(self.linear2(h), self.dropout2.p, self.training)
+        return dropout(linear(h, self.linear2.weight, self.linear2.bias), self.dropout2.p, self.training)
 
     def forward_packed(self, x: Tensor, flat_index: Tensor, padding: Tensor) -> Tensor:
         """The layer on packed sequences; ``forward(x_padded, src_key_padding_mask=padding)`` at the real rows."""
