@@ -14,7 +14,24 @@ from pathlib import Path
 
 import yaml
 
+from merc.config import load_recipe
+from merc.errors import MercError
 from merc.evaluation.aggregate import format_mean_std
+
+
+def recipe_changes(cfg: dict, model: str, dataset: str) -> list[str]:
+    """``section.key=value`` where the run's model/training settings differ from the recipe's."""
+    try:
+        recipe = load_recipe(model, dataset)
+    except MercError:
+        return []
+    changes = []
+    for section in ("model", "training"):
+        base = recipe.get(section) or {}
+        for key, value in ((cfg.get(section) or {}).items()):
+            if key in base and base[key] != value:
+                changes.append(f"{key}={value}")
+    return changes
 
 
 def row(run: Path) -> str | None:
@@ -27,8 +44,7 @@ def row(run: Path) -> str | None:
     curriculum = (cfg or {}).get("curriculum") or {}
     if curriculum.get("strategy") not in (None, "none"):
         extras.append(f"+CL ({curriculum.get('buckets')} buckets)")
-    model_cfg = (cfg or {}).get("model") or {}
-    extras += [f"{k}={v}" for k, v in model_cfg.items() if k.startswith("use_") and v is False]
+    extras += recipe_changes(cfg or {}, res["model"], res["dataset"])
     test = res["test"]
     seeds = ",".join(str(s) for s in res.get("seeds", []))
     return (f"| {res['model']} {' '.join(extras)} | `{res['dataset']}` | {res['modalities']} | "
