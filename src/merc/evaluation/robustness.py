@@ -191,7 +191,7 @@ def robustness_from_run(
     """
     from merc.data.batching import to_tensors
     from merc.data.transforms import feature_statistics, standardize_features
-    from merc.training.runner import prepare_dataset, selected_trainers
+    from merc.training.runner import prepare_dataset, selected_trainers, standardizes
 
     run = Path(run_dir)
     if not (run / "config.yaml").is_file():
@@ -204,7 +204,7 @@ def robustness_from_run(
     # with the complete training split's statistics) is applied afterwards.
     raw_recipe = {**recipe, "data": {**info, "standardize": False}}
     raw = prepare_dataset(dataset if dataset is not None else info["dataset"], mods, raw_recipe, data_root, False)
-    statistics = ({m: feature_statistics(raw, m) for m in mods} if info.get("standardize", True) else None)
+    statistics = {m: feature_statistics(raw, m) for m in mods} if standardizes(recipe) else None
     test_view = dataclasses.replace(raw, splits={"test": list(raw.splits["test"])})
     conditions, skipped = make_conditions(mods, rates, drops)
     mask_dir = Path(mask_dir) if mask_dir is not None else run / MASK_DIR

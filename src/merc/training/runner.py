@@ -66,9 +66,14 @@ def prepare_dataset(
         load_dataset(dataset, modalities=modalities, data_root=data_root, show_progress=show_progress)
         if isinstance(dataset, str) else dataset.with_modalities(modalities)
     )
-    if recipe.get("data", {}).get("standardize", True):
+    if standardizes(recipe):
         data = standardize_features(data)
     return data
+
+
+def standardizes(recipe: dict[str, Any]) -> bool:
+    """Whether the recipe z-scores features with training statistics (``data.standardize``, default true)."""
+    return bool(recipe.get("data", {}).get("standardize", True))
 
 
 def resolve_recipe(

@@ -83,7 +83,7 @@ class TrainConfig:
             gradients and optimiser state stay float32 and logits are cast to
             float32 before the loss and metrics. Why: CPUs with ``avx512_bf16`` /
             AMX (and recent GPUs) multiply bfloat16 several times faster than
-            float32 (2.5x on the benchmark's Zen4 core), and CORECT's text-only
+            float32, and CORECT's text-only
             iemocap6 epoch is bound by its text Transformer's products (1.5 instead
             of 2.1 s/epoch, ``bench/bench_corect.py``). Models may keep small parts
             in float32 (:mod:`merc.models.layers.precision`). Opt-in because the

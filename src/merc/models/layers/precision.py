@@ -4,7 +4,7 @@ Under autocast every matrix product runs in bfloat16. On CPU PyTorch hands bfloa
 products to oneDNN, which builds (JIT-compiles, into freshly mapped executable pages)
 a kernel for every new problem shape and caches it by shape. Dialogue batches change
 shape every batch (``N`` utterances, ``T`` steps), so without care a CORECT epoch on
-text-only IEMOCAP compiled some 300 kernels and spent about as much time in that and
+text-only IEMOCAP compiled hundreds of kernels and spent about as much time in that and
 in the page faults it causes as the bfloat16 products saved. Two tools:
 
 - :func:`linear`: ``F.linear`` whose rows are padded to a multiple of
