@@ -63,6 +63,7 @@ Speed (CPU; ``bench/bench_corect.py`` times it against the reference), same func
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 
 import torch
@@ -83,7 +84,7 @@ from merc.models.base import MercModel
 from merc.models.layers.crossmodal import CrossModalTransformer
 from merc.models.layers.dropout import FastDropout
 from merc.models.layers.graph_attention import NodeBlocks, block_transformer_conv, supports_block_attention
-from merc.models.layers.precision import cpu_autocast_active, linear
+from merc.models.layers.precision import cpu_autocast_active, float32_region, linear
 from merc.models.layers.transformer import PackedTransformerEncoderLayer
 from merc.models.output import ModelOutput
 from merc.models.registry import register_model
@@ -174,12 +175,20 @@ class RTGCN(nn.Module):
         self.norm = NodeBatchNorm(heads * hidden)
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_type: Tensor, blocks: NodeBlocks | None = None) -> Tensor:
-        g = self.rgcn(x, edge_index, edge_type)
+        # Under CPU autocast only the Graph Transformer's products run in bfloat16 (at
+        # bucketed shapes); PyG's RGCN would run ragged bfloat16 products, slower than
+        # float32 on CPU (merc.models.layers.precision).
+        x, precision = float32_region(x)
+        with precision:
+            g = self.rgcn(x, edge_index, edge_type)
         if blocks is not None and supports_block_attention(self.graph_transformer):
             g = block_transformer_conv(self.graph_transformer, g, edge_index, blocks)
         else:
-            g = self.graph_transformer(g, edge_index)
-        return F.leaky_relu(self.norm(g))
+            with precision:
+                g = self.graph_transformer(g, edge_index)
+        g, precision = float32_region(g)
+        with precision:
+            return F.leaky_relu(self.norm(g))
 
 
 class PairwiseCrossModal(nn.Module):
@@ -388,16 +397,16 @@ class CORECT(MercModel):
 
     def forward(self, batch: Batch) -> ModelOutput:
         self.check_batch(batch)
-        encoded = self.encode(batch)
-        if cpu_autocast_active(batch.mask):
-            # bf16 on CPU pays off only for the text Transformer's large products; the
-            # graph, P-CM and classifier are small and ragged (merc.models.layers.precision).
-            with torch.autocast("cpu", enabled=False):
-                return self._fuse(batch, {m: h.float() for m, h in encoded.items()})
-        return self._fuse(batch, encoded)
+        return self._fuse(batch, self.encode(batch))
 
     def _fuse(self, batch: Batch, encoded: Mapping[str, Tensor]) -> ModelOutput:
-        """RT-GCN, P-CM and classifier on the encoded utterances ``{m: [N, h]}``."""
+        """RT-GCN, P-CM and classifier on the encoded utterances ``{m: [N, h]}``.
+
+        Under CPU autocast RT-GCN picks its own precision (:class:`RTGCN`); P-CM and the
+        classifier are small and ragged and run in float32 (merc.models.layers.precision).
+        """
+        float32 = torch.autocast("cpu", enabled=False) if cpu_autocast_active(batch.mask) else contextlib.nullcontext()
+        encoded = {m: h.float() for m, h in encoded.items()}  # no copy when already float32
         flat = [encoded[m] for m in self.modalities]  # M x [N, h]
         n_utt = batch.num_utterances
         parts = []
@@ -419,9 +428,10 @@ class CORECT(MercModel):
             nodes = self.rtgcn(torch.cat(flat, dim=0), graph.edge_index, self.relation_lookup[graph.edge_type], blocks)
             # Node k * N + n is utterance n in modality k: regroup per utterance.
             parts.append(nodes.view(len(self.modalities), n_utt, -1).transpose(0, 1).reshape(n_utt, -1))
-        if self.pcm is not None:
-            # P-CM attends within dialogues: padded [B, T, h] with key masks; padded rows are dropped.
-            padded = {m: batch.unflatten(encoded[m]) for m in self.modalities}
-            parts.append(batch.flatten(self.pcm(padded, ~batch.mask)))
-        fused = torch.cat(parts or flat, dim=-1)
-        return ModelOutput(logits=self.classifier(fused), embeddings=fused)
+        with float32:
+            if self.pcm is not None:
+                # P-CM attends within dialogues: padded [B, T, h] with key masks; padded rows are dropped.
+                padded = {m: batch.unflatten(encoded[m]) for m in self.modalities}
+                parts.append(batch.flatten(self.pcm(padded, ~batch.mask)))
+            fused = torch.cat(parts or flat, dim=-1)
+            return ModelOutput(logits=self.classifier(fused), embeddings=fused)

@@ -80,3 +80,29 @@ def test_fast_dropout_module() -> None:
     assert module.eval()(x) is x
     out = module.train()(x)
     assert ((out == 0) | torch.isclose(out, 2 * x)).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_relu_dropout_gradient_in_low_precision(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(64, 128).to(dtype).requires_grad_()
+    y = relu_dropout(x, 0.5)
+    assert y.dtype == dtype
+    active = y != 0
+    g = torch.randn(64, 128).to(dtype)
+    y.backward(g)
+    # Gradient 2 * g where the element survived ReLU and the mask, 0 elsewhere.
+    torch.testing.assert_close(x.grad, torch.where(active, 2 * g, torch.zeros_like(g)))
+    assert not active[x.detach() <= 0].any()
+
+
+def test_keep_multiplier_values_and_dtype() -> None:
+    from merc.models.layers.dropout import keep_multiplier
+
+    like = torch.empty(300, 70, dtype=torch.bfloat16)
+    mult = keep_multiplier(like, 0.25)
+    assert mult.dtype == torch.bfloat16 and mult.shape == like.shape
+    scale = torch.tensor(1 / 0.75, dtype=torch.bfloat16).item()  # 1/keep rounded as the dtype holds it
+    assert set(mult.unique().tolist()) <= {0.0, scale}
+    assert abs((mult != 0).float().mean().item() - 0.75) < 0.02
+    assert (keep_multiplier(like, 0.0) == 1).all() and (keep_multiplier(like, 1.0) == 0).all()

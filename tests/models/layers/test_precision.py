@@ -43,3 +43,19 @@ def test_float32_region_turns_cpu_autocast_off_inside() -> None:
         with ctx:
             assert x.dtype == torch.float32 and (x @ x).dtype == torch.float32
         assert torch.is_autocast_enabled("cpu")  # restored after the island
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_padded_linear_gradients_without_input_grad_or_bias(bias: bool) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(ROW_BUCKET + 3, 8)  # a constant input (features): no input gradient
+    w = torch.randn(6, 8, requires_grad=True)
+    b = torch.randn(6, requires_grad=True) if bias else None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = linear(x, w, b)
+    y.float().sum().backward()
+    assert w.grad is not None and w.grad.dtype == torch.float32 and w.grad.is_contiguous()
+    # d(sum)/dW = column sums of x, rounded to bfloat16 on the way.
+    torch.testing.assert_close(w.grad, x.bfloat16().float().sum(0).expand(6, 8), rtol=2e-2, atol=5e-2)
+    if b is not None:
+        torch.testing.assert_close(b.grad, torch.full((6,), float(x.shape[0])))

@@ -11,8 +11,8 @@ attention of Shi et al. (2021) that ``TransformerConv`` implements,
 
 (per head, heads concatenated), is ordinary masked multi-head attention inside each
 block, with the adjacency as the mask. :func:`block_transformer_conv` evaluates it so,
-with :func:`torch.nn.functional.scaled_dot_product_attention` on ``[B, H, S, S]``,
-from the module's own weights; PyG instead gathers ``[E, H, C]`` query, key and value
+with :func:`merc.models.layers.attention.block_attention` on ``[B, H, S, S]``, from
+the module's own weights (bfloat16 products at bucketed shapes under CPU autocast); PyG instead gathers ``[E, H, C]`` query, key and value
 copies per edge and scatters them back, memory-bound work that cost CORECT's text-only
 IEMOCAP epoch more than the Transformer's matrix products on the same nodes.
 
@@ -28,11 +28,11 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.nn import TransformerConv
 
-from merc.models.layers.precision import float32_region
+from merc.models.layers.attention import block_attention
+from merc.models.layers.precision import linear
 
 
 class NodeBlocks(NamedTuple):
@@ -92,8 +92,7 @@ def block_transformer_conv(
     """
     if not supports_block_attention(conv):
         raise ValueError("this TransformerConv configuration has no block-attention equivalent; call it directly")
-    heads, channels = conv.heads, conv.out_channels
-    width = heads * channels
+    heads = conv.heads
     allowed = adjacency if adjacency is not None else block_adjacency(edge_index, blocks)
     # A row with no allowed key would be a softmax over nothing: let it see its own
     # slot and zero its result (PyG's sum over no incoming edge).
@@ -108,17 +107,12 @@ def block_transformer_conv(
         torch.cat([conv.lin_query.bias, conv.lin_key.bias, conv.lin_value.bias])
         if conv.lin_query.bias is not None else None
     )
-    qkv, precision = float32_region(F.linear(x, weight, bias))  # see merc.models.layers.precision
     slots = blocks.block * blocks.size + blocks.slot
-    with precision:
-        # In place into the zero grid (index_copy would clone it first: a third of this function's time).
-        grid = qkv.new_zeros(blocks.num_blocks * blocks.size, 3 * width).index_copy_(0, slots, qkv)
-        q, k, v = grid.view(blocks.num_blocks, blocks.size, 3, heads, channels).permute(2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])  # [B, H, S, C]; 1/sqrt(C) as PyG
-        out = out.transpose(1, 2).reshape(blocks.num_blocks * blocks.size, width).index_select(0, slots)
+    # 1/sqrt(C) scaling as PyG; under CPU autocast bfloat16 products at bucketed shapes
+    # (merc.models.layers.precision), float32 otherwise.
+    out = block_attention(linear(x, weight, bias), slots, allowed, heads)
     if has_isolated:
         out = out.masked_fill(isolated.view(-1)[slots, None], 0.0)
-    return out + conv.lin_skip(x)
-
+    return out + linear(x, conv.lin_skip.weight, conv.lin_skip.bias)
 
 __all__ = ["NodeBlocks", "block_adjacency", "block_transformer_conv", "supports_block_attention"]

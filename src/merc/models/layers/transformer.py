@@ -11,10 +11,9 @@ as a flat ``[N, d]`` tensor:
   IEMOCAP batches of 10 dialogues about a third of ``B * T`` is padding, and the
   feed-forward (``d -> 2048 -> d``) is most of the layer's cost;
 - only attention itself runs on the padded ``[B, heads, T, T]`` grid, with padded
-  keys masked out (PyTorch's ``src_key_padding_mask``); it uses
-  :func:`torch.nn.functional.scaled_dot_product_attention` when no attention dropout
-  applies, else an explicit softmax so that the attention-weight dropout can use
-  :func:`merc.models.layers.dropout.dropout`;
+  keys masked out (PyTorch's ``src_key_padding_mask``), by
+  :func:`merc.models.layers.attention.block_attention` (which drops attention weights
+  with :func:`merc.models.layers.dropout.dropout`);
 - dropouts draw their masks from random bits (:mod:`merc.models.layers.dropout`): same
   distribution, a fraction of the CPU time of ``Tensor.bernoulli_``.
 
@@ -25,13 +24,13 @@ the dropout masks are drawn from another random stream.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from merc.errors import ConfigError
+from merc.models.layers.attention import block_attention
 from merc.models.layers.dropout import dropout, relu_dropout
-from merc.models.layers.precision import float32_region, linear
+from merc.models.layers.precision import linear
 
 
 def pack_index(padding: Tensor) -> Tensor:
@@ -39,6 +38,7 @@ def pack_index(padding: Tensor) -> Tensor:
 
     The order of :attr:`merc.data.batching.Batch.flat_index` (dialogue-major).
 
+    >>> import torch
     >>> pack_index(torch.tensor([[False, True], [False, False]])).tolist()
     [0, 2, 3]
     """
@@ -61,24 +61,8 @@ def packed_self_attention(
     Returns:
         ``[N, d]`` attention outputs (heads concatenated), before the output projection.
     """
-    batch, steps = padding.shape
-    d = qkv.shape[1] // 3
-    head_dim = d // num_heads
-    qkv, precision = float32_region(qkv)  # float32 attention under CPU autocast (see merc.models.layers.precision)
-    with precision:
-        # Padding rows are zeros: finite keys/values (masked anyway), queries whose rows are dropped.
-        # In place: the out-of-place index_copy would clone the whole zero grid first.
-        grid = qkv.new_zeros(batch * steps, 3 * d).index_copy_(0, flat_index, qkv)
-        q, k, v = grid.view(batch, steps, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, T, dh]
-        if dropout_p > 0.0:
-            scores = torch.matmul(q * head_dim**-0.5, k.transpose(-1, -2))  # [B, H, T, T]
-            scores = scores.masked_fill(padding[:, None, None, :], float("-inf"))
-            weights = dropout(torch.softmax(scores, dim=-1), dropout_p)
-            out = torch.matmul(weights, v)
-        else:
-            # Every dialogue has a real step, so no row is fully masked (no NaN).
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=~padding[:, None, None, :])
-        return out.transpose(1, 2).reshape(batch * steps, d).index_select(0, flat_index)
+    # Padding rows are zeros: finite keys/values (masked anyway), queries whose rows are dropped.
+    return block_attention(qkv, flat_index, ~padding[:, None, :], num_heads, dropout_p)
 
 
 class PackedTransformerEncoderLayer(nn.TransformerEncoderLayer):

@@ -1,0 +1,78 @@
+"""block_attention: its explicit (dropout / bfloat16) path against scaled_dot_product_attention."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import merc.models.layers.attention as attention
+from merc.models.layers.attention import STEP_BUCKET, block_attention, gather_heads, scatter_heads
+
+HEADS, HEAD_DIM = 2, 4
+
+
+def _case(lengths: tuple[int, ...], square: bool, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Packed qkv rows, their grid index and an allowed mask (key padding or a banded adjacency)."""
+    gen = torch.Generator().manual_seed(seed)
+    size = max(lengths)
+    real = torch.arange(size)[None, :] < torch.tensor(lengths)[:, None]  # [B, S]
+    index = real.reshape(-1).nonzero().squeeze(1)
+    qkv = torch.randn(len(index), 3 * HEADS * HEAD_DIM, generator=gen, requires_grad=True)
+    if not square:
+        return qkv, index, real[:, None, :]
+    pos = torch.arange(size)
+    band = (pos[None, :] - pos[:, None] <= 2) & (pos[:, None] - pos[None, :] <= 3)  # [query, key]
+    allowed = band[None] & real[:, None, :] & real[:, :, None]
+    # Slots without a row (and rows without a key) see themselves, as the graph layer does.
+    return qkv, index, allowed | torch.diag_embed(~allowed.any(-1))
+
+
+def _reference(qkv: torch.Tensor, index: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    batch, _, size = allowed.shape
+    q, k, v = scatter_heads(qkv, index, batch, size, HEADS)
+    return gather_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None]), index)
+
+
+@pytest.mark.parametrize("square", [False, True])
+@pytest.mark.parametrize("lengths", [(5, 1, 9, 3), (1,), (STEP_BUCKET + 3, 2)])
+def test_explicit_path_equals_sdpa(monkeypatch: pytest.MonkeyPatch, lengths: tuple[int, ...], square: bool) -> None:
+    qkv, index, allowed = _case(lengths, square)
+    want = _reference(qkv, index, allowed)
+    want_grad = torch.autograd.grad(want.square().sum(), qkv)[0]
+    # Dropout as the identity: what remains is the explicit softmax path.
+    monkeypatch.setattr(attention, "dropout", lambda x, p: x)
+    got = block_attention(qkv, index, allowed, HEADS, dropout_p=0.5)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.autograd.grad(got.square().sum(), qkv)[0], want_grad, rtol=1e-4, atol=1e-5)
+    # bfloat16 under CPU autocast, slots padded to STEP_BUCKET: same function up to bfloat16 rounding.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = block_attention(qkv, index, allowed, HEADS, dropout_p=0.5)
+    assert low.dtype == torch.bfloat16 and low.shape == want.shape
+    torch.testing.assert_close(low.float(), want, rtol=5e-2, atol=5e-2)
+    low_grad = torch.autograd.grad(low.float().square().sum(), qkv)[0]
+    assert torch.isfinite(low_grad).all()
+    torch.testing.assert_close(low_grad, want_grad, rtol=1e-1, atol=1e-1)
+
+
+def test_dropout_drops_attention_weights_and_is_seeded() -> None:
+    qkv, index, allowed = _case((6, 4), square=False)
+    torch.manual_seed(0)
+    a = block_attention(qkv, index, allowed, HEADS, dropout_p=0.5)
+    torch.manual_seed(0)
+    b = block_attention(qkv, index, allowed, HEADS, dropout_p=0.5)
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, block_attention(qkv, index, allowed, HEADS, dropout_p=0.5))
+    assert not torch.allclose(a, _reference(qkv, index, allowed))
+
+
+def test_a_block_ignores_the_other_blocks_under_autocast() -> None:
+    # Padding to STEP_BUCKET must not let a block see padded or foreign slots.
+    qkv, index, allowed = _case((7, 3), square=True)
+    other = qkv.detach().clone()
+    other[7:] = torch.randn(3, qkv.shape[1])  # rows of the second block changed
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a = block_attention(qkv.detach(), index, allowed, HEADS)
+        b = block_attention(other, index, allowed, HEADS)
+    torch.testing.assert_close(a[:7], b[:7], rtol=0, atol=0)
+    assert not torch.equal(a[7:], b[7:])
