@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import merc.models.corect as corect_module
 from helpers import DIMS, make_batch
 from merc.config import load_yaml
 from merc.errors import ConfigError, DataError
@@ -147,6 +148,42 @@ def test_single_node_training_batch() -> None:
     out = model(batch)
     out.logits.sum().backward()
     assert torch.isfinite(out.logits).all()
+
+
+def test_precision_of_each_part_under_bf16_autocast(monkeypatch: pytest.MonkeyPatch) -> None:
+    # bf16-mixed on CPU: text Transformer and Graph Transformer in bfloat16, the ragged
+    # rest (RGCN, P-CM, classifier) in float32 (merc.models.layers.precision).
+    batch, _ = make_batch((5, 2, 7), "tav")
+    model = _corect("tav", text_encoder_heads=2).train()
+    seen: dict[str, torch.dtype] = {}
+
+    def record(name: str):
+        def hook(module: torch.nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+            seen[name] = out.dtype
+        return hook
+
+    assert model.rtgcn is not None and model.pcm is not None
+    model.encoders["t"].register_forward_hook(record("text encoder"))
+    model.rtgcn.rgcn.register_forward_hook(record("rgcn"))
+    model.rtgcn.register_forward_hook(record("rtgcn"))
+    model.pcm.register_forward_hook(record("pcm"))
+    model.classifier.register_forward_hook(record("classifier"))
+    graph_transformer = corect_module.block_transformer_conv
+
+    def recorded_graph_transformer(*args: object, **kwargs: object) -> torch.Tensor:
+        out = graph_transformer(*args, **kwargs)
+        seen["graph transformer"] = out.dtype
+        return out
+
+    monkeypatch.setattr(corect_module, "block_transformer_conv", recorded_graph_transformer)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(batch)
+    out.logits.float().sum().backward()
+    assert seen == {
+        "text encoder": torch.bfloat16, "rgcn": torch.float32, "graph transformer": torch.bfloat16, "rtgcn": torch.float32,
+        "pcm": torch.float32, "classifier": torch.float32,
+    }
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
 def test_bad_arguments_are_clear_errors() -> None:

@@ -17,8 +17,8 @@ from merc.training.trainer import TrainConfig, Trainer
 
 
 def _trainer(precision: str = "32", run_dir=None, epochs: int = 3, plugins=()) -> Trainer:
-    # CORECT with a text Transformer: autocast reaches its bucketed products, float32
-    # attention islands and float32 graph/classifier (merc.models.layers.precision).
+    # CORECT with a text Transformer: autocast reaches its bucketed products and
+    # attention, and its float32 islands (RGCN, classifier; merc.models.layers.precision).
     ds = make_dataset((5, 7, 3, 6, 4, 8), "t", seed=4, separable=True)
     torch.manual_seed(0)
     model = build_model("corect", in_dims=ds.dims, num_classes=ds.num_classes, hidden_size=8,
