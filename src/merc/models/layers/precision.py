@@ -11,8 +11,7 @@ in the page faults it causes as the bfloat16 products saved. The tools:
   :data:`ROW_BUCKET` under CPU autocast, so the few large products (a Transformer's
   projections and feed-forward, a Graph Transformer's projections, forward and
   backward) see a handful of shapes that stay cached; the padded rows are zeros and
-  are sliced off, so values and gradients are those of ``F.linear``. The weight
-  gradient is one ``[out, in]`` product cast once to float32.
+  are sliced off, so values and gradients are those of ``F.linear``.
 - attention (:func:`merc.models.layers.attention.block_attention`) pads its step count
   to a multiple of :data:`~merc.models.layers.attention.STEP_BUCKET` and uses explicit
   batched bfloat16 products with a float32 softmax: measured 2.5x faster than float32
@@ -21,7 +20,7 @@ in the page faults it causes as the bfloat16 products saved. The tools:
   cross-modal blocks, BatchNorm, classifiers). They are a few percent of the FLOPs,
   faster in float32 on CPU, and closer to the float32 model.
 
-Both change nothing without autocast or on other devices (GPU kernels need no JIT).
+None changes anything without autocast or on other devices (GPU kernels need no JIT).
 """
 
 from __future__ import annotations
@@ -64,49 +63,12 @@ def float32_region(x: Tensor) -> tuple[Tensor, contextlib.AbstractContextManager
     return x, contextlib.nullcontext()
 
 
-class _BucketedLinear(torch.autograd.Function):
-    """``F.linear`` in ``dtype`` with rows padded to :data:`ROW_BUCKET`, forward and backward.
-
-    Autocast's ``F.linear`` would also pad its backward products (the padded output's
-    gradient), but returns the weight gradient through two casts and a transposed
-    layout; here it is one ``[out, in]`` product cast once to the weight's dtype.
-    """
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx, x: Tensor, weight: Tensor, bias: Tensor | None, dtype: torch.dtype,
-    ) -> Tensor:
-        rows = x.shape[0]
-        pad = -rows % ROW_BUCKET
-        xb = F.pad(x.to(dtype), (0, 0, 0, pad)) if pad else x.to(dtype)
-        wb = weight.to(dtype)
-        y = torch.addmm(bias.to(dtype), xb, wb.t()) if bias is not None else xb @ wb.t()
-        ctx.save_for_backward(xb, wb)
-        ctx.shape = (rows, pad, x.dtype, weight.dtype, bias is not None)  # type: ignore[attr-defined]
-        return y[:rows] if pad else y
-
-    @staticmethod
-    def backward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx, grad: Tensor,
-    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
-        xb, wb = ctx.saved_tensors  # type: ignore[attr-defined]
-        rows, pad, x_dtype, w_dtype, has_bias = ctx.shape  # type: ignore[attr-defined]
-        grad = grad.to(wb.dtype)
-        if pad:
-            grad = F.pad(grad, (0, 0, 0, pad))  # same bucketed shapes as the forward product
-        needs = ctx.needs_input_grad  # type: ignore[attr-defined]
-        grad_x = (grad @ wb)[:rows].to(x_dtype) if needs[0] else None
-        grad_w = (grad.t() @ xb).to(w_dtype) if needs[1] else None
-        grad_b = grad.sum(0).to(w_dtype) if has_bias and needs[2] else None
-        return grad_x, grad_w, grad_b, None
-
-
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``F.linear(x, weight, bias)``; under CPU autocast a 2-D ``x`` is row-padded to :data:`ROW_BUCKET`.
 
-    Same values and gradients as autocast's ``F.linear`` (see the module docstring);
-    the padding costs one copy of ``x`` (made in the autocast dtype, which autocast
-    would copy ``x`` to anyway) and of the output gradient.
+    Same values and gradients (see the module docstring); the padding costs one copy
+    of ``x`` (made in the autocast dtype, which autocast would copy ``x`` to anyway)
+    and of the output gradient.
 
     >>> with torch.autocast("cpu", dtype=torch.bfloat16):
     ...     y = linear(torch.ones(5, 3), torch.ones(2, 3))
@@ -114,8 +76,11 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     ((5, 2), torch.bfloat16)
     """
     if x.dim() == 2 and cpu_autocast_active(x):
-        out = _BucketedLinear.apply(x, weight, bias, torch.get_autocast_dtype("cpu"))
-        return out  # type: ignore[no-any-return]
+        rows = x.shape[0]
+        pad = -rows % ROW_BUCKET
+        if pad:
+            x = F.pad(x.to(torch.get_autocast_dtype("cpu")), (0, 0, 0, pad))
+            return F.linear(x, weight, bias)[:rows]
     return F.linear(x, weight, bias)
 
 
