@@ -12,9 +12,10 @@ attention of Shi et al. (2021) that ``TransformerConv`` implements,
 (per head, heads concatenated), is ordinary masked multi-head attention inside each
 block, with the adjacency as the mask. :func:`block_transformer_conv` evaluates it so,
 with :func:`merc.models.layers.attention.block_attention` on ``[B, H, S, S]``, from
-the module's own weights (bfloat16 products at bucketed shapes under CPU autocast); PyG instead gathers ``[E, H, C]`` query, key and value
-copies per edge and scatters them back, memory-bound work that cost CORECT's text-only
-IEMOCAP epoch more than the Transformer's matrix products on the same nodes.
+the module's own weights (bfloat16 products at bucketed shapes under CPU autocast);
+PyG instead gathers ``[E, H, C]`` query, key and value copies per edge and scatters
+them back, memory-bound work that cost CORECT's text-only IEMOCAP epoch more than the
+Transformer's matrix products on the same nodes.
 
 Same function (up to float rounding) for graphs whose edges never leave a block and
 hold no duplicate ``(source, target)`` pair (a duplicate counts twice in PyG's
@@ -114,5 +115,6 @@ def block_transformer_conv(
     if has_isolated:
         out = out.masked_fill(isolated.view(-1)[slots, None], 0.0)
     return out + linear(x, conv.lin_skip.weight, conv.lin_skip.bias)
+
 
 __all__ = ["NodeBlocks", "block_adjacency", "block_transformer_conv", "supports_block_attention"]
