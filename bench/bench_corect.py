@@ -17,7 +17,9 @@ Timing: one training epoch of each implementation, alternated (reference, merc a
 ``--precision``, reference, ...) so that all see the same machine load, ``--repeats``
 times after one warm-up epoch each, for every ``--threads`` setting. Reported per
 thread count and merc precision: median seconds/epoch and the ratio reference / merc.
-``--precision`` takes merc's ``training.precision`` values (comma-separated, e.g.
+``--runs K`` repeats the whole measurement K times with fresh models (the ratio moves
+with the machine's state by several percent between runs); ``timing_summary`` gives
+each run's ratio and their median. ``--precision`` takes merc's ``training.precision`` values (comma-separated, e.g.
 ``32,bf16-mixed``); the reference always trains in float32 (it has no such option).
 
 Parity (``--seeds 0,1,2 --epochs 50``): both train to completion, each selecting the
@@ -33,8 +35,8 @@ timing (``--repeats 0`` skips it) and parity keeps the other section of the file
 
 Run::
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_corect.py --reference /tmp/corect_ref \\
-        --repeats 5 --threads 1,2
+    OMP_NUM_THREADS=2 .venv/bin/python bench/bench_corect.py --reference /tmp/corect_ref \\
+        --repeats 5 --threads 2,1 --precision 32,bf16-mixed --runs 3
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_corect.py --reference /tmp/corect_ref \\
         --repeats 5 --threads 1 --precision 32,bf16-mixed
     OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python bench/bench_corect.py --reference /tmp/corect_ref \\
@@ -247,6 +249,26 @@ def parity(
     return out
 
 
+def timing_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per thread count and precision over all runs: median merc and reference s/epoch, each run's
+    speed-up and their median."""
+    out = []
+    for key in dict.fromkeys((r["threads"], r["precision"]) for r in rows):
+        mine = [r for r in rows if (r["threads"], r["precision"]) == key]
+        row: dict[str, Any] = {
+            "threads": key[0], "precision": key[1], "runs": len(mine),
+            "merc_median_s": statistics.median(r["merc_median_s"] for r in mine),
+        }
+        if all("speedup" in r for r in mine):
+            row.update(
+                reference_median_s=statistics.median(r["reference_median_s"] for r in mine),
+                speedups=[round(r["speedup"], 2) for r in mine],
+                speedup_median=statistics.median(r["speedup"] for r in mine),
+            )
+        out.append(row)
+    return out
+
+
 def main() -> None:
     # The reference's per-epoch sklearn report warns about classes an early model never predicts.
     warnings.filterwarnings("ignore", category=UserWarning, module="sklearn")
@@ -255,6 +277,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5,
                         help="timed epochs per implementation and thread setting (0: no timing)")
     parser.add_argument("--threads", default="1", help="comma-separated torch thread counts to time, e.g. 1,2")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="independent timing runs (fresh models each), reported one by one and as medians")
     parser.add_argument("--seeds", default="", help="comma-separated seeds for the accuracy parity run")
     parser.add_argument("--epochs", type=int, default=50, help="epochs of the parity run")
     parser.add_argument("--parity-threads", type=int, default=1)
@@ -285,15 +309,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         pkl = write_reference_pickle(data, Path(tmp)) if reference is not None else None
         timings = []
-        for threads in [int(t) for t in args.threads.split(",") if t] if args.repeats > 0 else []:
-            for row in time_epochs(data, tensors, recipes, threads, args.repeats, reference, pkl):
-                timings.append(row)
-                line = f"threads={threads} precision={row['precision']}: merc {row['merc_median_s']:.3f} s/epoch"
-                if "reference_median_s" in row:
-                    line += f", reference {row['reference_median_s']:.3f} s/epoch, speedup x{row['speedup']:.2f}"
-                print(line, flush=True)
+        for run in range(args.runs if args.repeats > 0 else 0):
+            for threads in [int(t) for t in args.threads.split(",") if t]:
+                for row in time_epochs(data, tensors, recipes, threads, args.repeats, reference, pkl):
+                    timings.append(dict(row, run=run))
+                    line = f"run {run} threads={threads} precision={row['precision']}: merc {row['merc_median_s']:.3f} s/epoch"
+                    if "reference_median_s" in row:
+                        line += f", reference {row['reference_median_s']:.3f} s/epoch, speedup x{row['speedup']:.2f}"
+                    print(line, flush=True)
         if timings:
             result["timing"] = timings
+            result["timing_summary"] = timing_summary(timings)
+            for row in result["timing_summary"]:
+                print(f"threads={row['threads']} precision={row['precision']}: merc {row['merc_median_s']:.3f} s/epoch"
+                      + (f", speedup x{row['speedup_median']:.2f} (runs: {row['speedups']})" if "speedups" in row else ""))
         if seeds:
             # One parity section per precision: "parity" (float32), "parity_bf16-mixed".
             key = "parity" if precisions[0] == "32" else f"parity_{precisions[0]}"
@@ -307,7 +336,7 @@ def main() -> None:
     if args.out.is_file():
         previous = json.loads(args.out.read_text())
         for section in previous:
-            if (section == "timing" or section.startswith("parity")) and section not in result:
+            if section.startswith(("timing", "parity")) and section not in result:
                 result[section] = previous[section]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
