@@ -17,10 +17,9 @@ Two evaluation paths, the same function:
   autocast the products run in bfloat16 with the slot count padded to a multiple of
   :data:`STEP_BUCKET` (so that oneDNN reuses its compiled kernels, see
   :mod:`merc.models.layers.precision`; added slots are masked keys and dropped
-  queries) and the softmax in float32. On the 2-core benchmark machine this
-  ran one CORECT text-Transformer attention (10 dialogues, 80 steps, 8 heads, forward
-  and backward with dropout) in 4.3 ms against 10.6 ms for float32 (1 thread), where
-  bfloat16 ``scaled_dot_product_attention`` had been slower than float32.
+  queries) and the softmax in float32. One CORECT text-Transformer attention (10
+  dialogues, 80 steps, 8 heads, forward and backward with dropout, 1 thread) takes
+  6.2 ms this way against 9.5 ms in float32 (``bench/bench_cpu_kernels.py``).
 """
 
 from __future__ import annotations
@@ -52,7 +51,8 @@ def scatter_heads(qkv: Tensor, index: Tensor, num_blocks: int, size: int, num_he
     Each part gets its own ``[B * S, d]`` grid (viewed head-major without a copy), not
     one ``[B * S, 3 * d]`` grid split by ``unbind``: the gradients attention returns then
     already have the grids' layout, whereas ``unbind``'s backward stacks and re-lays
-    them out (two copies of the whole grid, measured as ~1/3 of CORECT's graph attention).
+    them out (two more copies of the whole grid; ``bench/bench_cpu_kernels.py``: 5% of a graph
+    attention's forward and backward).
     """
     grids = []
     for part in qkv.chunk(3, dim=1):
@@ -106,8 +106,7 @@ def block_attention(
     q, k, v = (t.reshape(heads_total, size, head_dim) for t in scatter_heads(qkv, index, batch, size, num_heads))
     bias = torch.zeros(allowed.shape, dtype=qkv.dtype, device=qkv.device).masked_fill_(~allowed, float("-inf"))
     scores = torch.baddbmm(bias.repeat_interleave(num_heads, 0), q, k.transpose(1, 2), alpha=head_dim**-0.5)
-    # Softmax in float32 (a float32 copy first: softmax(dtype=float32) of bfloat16 input
-    # took 7x longer on CPU than the copy and a float32 softmax together).
+    # Softmax in float32 whatever the products' dtype.
     weights = dropout(torch.softmax(scores.float(), dim=-1), dropout_p).to(qkv.dtype)
     out = torch.bmm(weights, v).view(batch, num_heads, size, head_dim)
     return gather_heads(out, index)

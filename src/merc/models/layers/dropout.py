@@ -52,7 +52,7 @@ def _bit_fields(n: int, k: int, device: torch.device | str | None, generator: to
     words = torch.randint(-(2**31), 2**31, (-(-n_bytes // 4),), dtype=torch.int32, device=device, generator=generator)
     octets = words.view(torch.uint8)[:n_bytes]
     # One vectorised pass over all bytes per field position: a broadcast [n_bytes, 8]
-    # shift has an inner dimension of 8 and ran 6x slower on CPU.
+    # shift has an inner dimension of 8 and ran 7x slower on CPU (bench/bench_cpu_kernels.py).
     fields = torch.empty(per_byte, n_bytes, dtype=torch.uint8, device=octets.device)
     for i in range(per_byte):
         torch.bitwise_right_shift(octets, i * k, out=fields[i])
@@ -66,7 +66,7 @@ def _keep_bytes(
     """``uint8`` 0/1 tensor of ``shape``, each element 1 with probability ``keep`` (in (0, 1)).
 
     uint8 rather than bool because CPU kernels that read bool (``bool * float``,
-    ``bool.to(bfloat16)``) take a scalar path, 8-20x slower than from uint8 (measured on the benchmark machine).
+    ``bool.to(bfloat16)``) run 3-8x slower than from uint8 (``bench/bench_cpu_kernels.py``).
     """
     n = math.prod(shape)
     k, threshold = _bit_field(keep)

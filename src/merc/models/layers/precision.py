@@ -14,8 +14,8 @@ in the page faults it causes as the bfloat16 products saved. The tools:
   are sliced off, so values and gradients are those of ``F.linear``.
 - attention (:func:`merc.models.layers.attention.block_attention`) pads its step count
   to a multiple of :data:`~merc.models.layers.attention.STEP_BUCKET` and uses explicit
-  batched bfloat16 products with a float32 softmax: measured 2.5x faster than float32
-  (bfloat16 ``scaled_dot_product_attention`` had been 2x slower than float32).
+  batched bfloat16 products with a float32 softmax (1.5x faster than float32 in
+  ``bench/bench_cpu_kernels.py``).
 - :func:`float32_region`: a float32 island for the small, ragged rest (PyG's RGCN,
   cross-modal blocks, BatchNorm, classifiers). They are a few percent of the FLOPs,
   faster in float32 on CPU, and closer to the float32 model.
