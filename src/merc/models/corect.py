@@ -85,7 +85,7 @@ from merc.models.base import MercModel
 from merc.models.layers.crossmodal import CrossModalTransformer
 from merc.models.layers.dropout import FastDropout
 from merc.models.layers.graph_attention import NodeBlocks, block_transformer_conv, supports_block_attention
-from merc.models.layers.precision import cpu_autocast_active, float32_region, linear
+from merc.models.layers.precision import cpu_autocast_active, float32_region, linear, pad_rows
 from merc.models.layers.transformer import PackedTransformerEncoderLayer
 from merc.models.output import ModelOutput
 from merc.models.registry import register_model
@@ -146,9 +146,12 @@ class TextTransformerEncoder(nn.Module):
         self.out = nn.Linear(in_dim, hidden)
 
     def forward(self, x: Tensor, flat_index: Tensor, padding: Tensor) -> Tensor:
+        rows = x.shape[0]
+        # Under CPU autocast the rows are padded once for all layers (merc.models.layers.precision).
+        x = pad_rows(x)
         for layer in self.layers:
             x = layer.forward_packed(x, flat_index, padding)
-        return linear(x, self.out.weight, self.out.bias)
+        return linear(x, self.out.weight, self.out.bias)[:rows]
 
 
 class RTGCN(nn.Module):

@@ -76,3 +76,28 @@ def test_a_block_ignores_the_other_blocks_under_autocast() -> None:
         b = block_attention(other, index, allowed, HEADS)
     torch.testing.assert_close(a[:7], b[:7], rtol=0, atol=0)
     assert not torch.equal(a[7:], b[7:])
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("square", [False, True])
+def test_padding_rows_change_nothing_and_get_no_gradient(autocast: bool, square: bool) -> None:
+    # Row padding (merc.models.layers.precision.pad_rows): rows past len(index) ride along,
+    # every real row's output and gradient is what it is without them.
+    qkv, index, allowed = _case((5, 1, 9, 3), square)
+    extra = torch.randn(7, qkv.shape[1]) * 100  # large values: any leak into the real rows shows
+    padded = torch.cat([qkv.detach(), extra]).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        want = block_attention(qkv, index, allowed, HEADS)
+        got = block_attention(padded, index, allowed, HEADS)
+    assert got.shape == (len(index) + 7, want.shape[1])
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got[: len(index)], want, rtol=0, atol=0)
+    grad = torch.autograd.grad(got[: len(index)].float().square().sum(), padded)[0]
+    torch.testing.assert_close(grad[: len(index)], torch.autograd.grad(want.float().square().sum(), qkv)[0])
+    assert not grad[len(index):].any()
+
+
+def test_fewer_rows_than_positions_is_an_error() -> None:
+    qkv, index, allowed = _case((5, 3), square=False)
+    with pytest.raises(ValueError, match="grid positions"):
+        block_attention(qkv[:-1], index, allowed, HEADS)

@@ -17,9 +17,9 @@ Two evaluation paths, the same function:
   autocast the products run in bfloat16 with the slot count padded to a multiple of
   :data:`STEP_BUCKET` (so that oneDNN reuses its compiled kernels, see
   :mod:`merc.models.layers.precision`; added slots are masked keys and dropped
-  queries) and the softmax in float32. One CORECT text-Transformer attention (10
-  dialogues, 80 steps, 8 heads, forward and backward with dropout, 1 thread) takes
-  6.2 ms this way against 9.5 ms in float32 (``bench/bench_cpu_kernels.py``).
+  queries) and the softmax reads and writes bfloat16 (accumulating in float32). One
+  CORECT text-Transformer attention (10 dialogues, 80 steps, 8 heads, forward and
+  backward with dropout, 1 thread) is timed both ways in ``bench/bench_cpu_kernels.py``.
 """
 
 from __future__ import annotations
@@ -75,8 +75,11 @@ def block_attention(
     """Multi-head scaled dot-product attention of packed rows within blocks.
 
     Args:
-        qkv: ``[N, 3 * d]`` projected queries, keys and values (``[q | k | v]``).
-        index: ``long [N]`` distinct positions of the rows in the ``B * S`` grid
+        qkv: ``[R, 3 * d]`` projected queries, keys and values (``[q | k | v]``), ``R >= N``:
+            rows past the first ``N`` are row padding (see
+            :func:`merc.models.layers.precision.pad_rows`), never attended to; their
+            outputs are finite but unspecified (row 0's).
+        index: ``long [N]`` distinct positions of the first ``N`` rows in the ``B * S`` grid
             (row ``b * S + s``: block ``b``, slot ``s``).
         allowed: ``bool [B, 1, S]`` (keys each query may see, the same for all queries)
             or ``bool [B, S, S]`` (``[b, query slot, key slot]``). Every query slot,
@@ -85,12 +88,18 @@ def block_attention(
         dropout_p: Dropout on the attention weights (training).
 
     Returns:
-        ``[N, d]`` outputs, heads concatenated; float32 unless CPU autocast is active.
+        ``[R, d]`` outputs, heads concatenated; float32 unless CPU autocast is active.
     """
     batch, _, size = allowed.shape
+    extra_rows = qkv.shape[0] - index.shape[0]
+    if extra_rows < 0:
+        raise ValueError(f"block_attention: {index.shape[0]} grid positions for {qkv.shape[0]} rows")
+    if extra_rows:
+        qkv = qkv[: index.shape[0]]
     if dropout_p == 0.0 and not cpu_autocast_active(qkv):
         q, k, v = scatter_heads(qkv, index, batch, size, num_heads)  # [B, H, S, dh]
-        return gather_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None]), index)
+        out_index = F.pad(index, (0, extra_rows)) if extra_rows else index  # padding rows read slot 0
+        return gather_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None]), out_index)
     if cpu_autocast_active(qkv):
         qkv = qkv.to(torch.get_autocast_dtype("cpu"))
         extra = -size % STEP_BUCKET
@@ -106,10 +115,12 @@ def block_attention(
     q, k, v = (t.reshape(heads_total, size, head_dim) for t in scatter_heads(qkv, index, batch, size, num_heads))
     bias = torch.zeros(allowed.shape, dtype=qkv.dtype, device=qkv.device).masked_fill_(~allowed, float("-inf"))
     scores = torch.baddbmm(bias.repeat_interleave(num_heads, 0), q, k.transpose(1, 2), alpha=head_dim**-0.5)
-    # Softmax in float32 whatever the products' dtype.
-    weights = dropout(torch.softmax(scores.float(), dim=-1), dropout_p).to(qkv.dtype)
+    # Softmax in the products' dtype: PyTorch's CPU kernel accumulates bfloat16 rows in
+    # float32 and rounds the weights once, as a float32 softmax cast back would, without
+    # the two casts of [B * H, S, S] forward and two backward.
+    weights = dropout(torch.softmax(scores, dim=-1), dropout_p)
     out = torch.bmm(weights, v).view(batch, num_heads, size, head_dim)
-    return gather_heads(out, index)
+    return gather_heads(out, F.pad(index, (0, extra_rows)) if extra_rows else index)
 
 
 __all__ = ["STEP_BUCKET", "block_attention", "gather_heads", "scatter_heads"]

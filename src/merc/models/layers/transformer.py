@@ -51,17 +51,18 @@ def packed_self_attention(
     """Multi-head scaled dot-product self-attention of packed sequences.
 
     Args:
-        qkv: ``[N, 3 * d]`` projected queries, keys and values of the real positions
-            (PyTorch's packed ``in_proj`` layout: ``[q | k | v]``, heads contiguous in each).
+        qkv: ``[R, 3 * d]`` projected queries, keys and values of the ``N`` real positions
+            and ``R - N`` padding rows (PyTorch's packed ``in_proj`` layout: ``[q | k | v]``,
+            heads contiguous in each).
         flat_index: ``long [N]`` positions of those rows in the ``B * T`` grid.
         padding: ``bool [B, T]``, true at padding (masked as keys).
         num_heads: Heads ``H``; ``d`` must be divisible by it.
         dropout_p: Dropout on the attention weights (0 in evaluation).
 
     Returns:
-        ``[N, d]`` attention outputs (heads concatenated), before the output projection.
+        ``[R, d]`` attention outputs (heads concatenated), before the output projection.
     """
-    # Padding rows are zeros: finite keys/values (masked anyway), queries whose rows are dropped.
+    # Empty grid slots are zeros: finite keys/values (masked anyway), queries whose outputs are dropped.
     return block_attention(qkv, flat_index, ~padding[:, None, :], num_heads, dropout_p)
 
 
@@ -73,10 +74,12 @@ class PackedTransformerEncoderLayer(nn.TransformerEncoderLayer):
     PyTorch. ``forward`` is PyTorch's own.
 
     Shapes (``forward_packed``):
-        - x: ``[N, d]`` real positions, in ``flat_index`` order
+        - x: ``[R, d]``: the ``N`` real positions in ``flat_index`` order, then
+          ``R - N >= 0`` padding rows (:func:`merc.models.layers.precision.pad_rows`),
+          carried along but never attended to
         - flat_index: ``long [N]`` positions in the ``B * T`` grid (:func:`pack_index`)
         - padding: ``bool [B, T]`` (true = padding)
-        - output: ``[N, d]``
+        - output: ``[R, d]``
     """
 
     def __init__(self, *args: object, **kwargs: object) -> None:
