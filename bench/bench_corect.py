@@ -19,7 +19,10 @@ times after one warm-up epoch each, for every ``--threads`` setting. Reported pe
 thread count and merc precision: median seconds/epoch and the ratio reference / merc.
 ``--runs K`` repeats the whole measurement K times with fresh models (the ratio moves
 with the machine's state by several percent between runs); ``timing_summary`` gives
-each run's ratio and their median. ``--precision`` takes merc's ``training.precision`` values (comma-separated, e.g.
+each run's ratio and their median. With ``--settle 1`` every timed epoch follows an
+untimed epoch of the same implementation, as in a training run, instead of the other
+implementation's (strict alternation cost merc's short epochs 5-8%: 0.82 s interleaved
+against 0.75 s alone, ``bench/bench_corect_ops.py``); its results go to ``timing_settle1``. ``--precision`` takes merc's ``training.precision`` values (comma-separated, e.g.
 ``32,bf16-mixed``); the reference always trains in float32 (it has no such option).
 
 Parity (``--seeds 0,1,2 --epochs 50``): both train to completion, each selecting the
@@ -36,7 +39,7 @@ timing (``--repeats 0`` skips it) and parity keeps the other section of the file
 Run::
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/bench_corect.py --reference /tmp/corect_ref \\
-        --repeats 5 --threads 2,1 --precision 32,bf16-mixed --runs 3
+        --repeats 5 --threads 2,1 --precision 32,bf16-mixed --runs 5 [--settle 1]
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_corect.py --reference /tmp/corect_ref \\
         --repeats 5 --threads 1 --precision 32,bf16-mixed
     OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python bench/bench_corect.py --reference /tmp/corect_ref \\
@@ -184,30 +187,38 @@ def _timed(fn: Callable[[], Any]) -> float:
 
 def time_epochs(
     data: MercDataset, tensors: dict[str, Any], recipes: dict[str, dict[str, Any]], threads: int, repeats: int,
-    reference: ModuleType | None, pkl: Path | None,
+    reference: ModuleType | None, pkl: Path | None, settle: int = 0,
 ) -> list[dict[str, Any]]:
     """Alternate reference and merc training epochs (one merc trainer per precision of
     ``recipes``); one row per precision: median seconds per epoch of merc and of the
-    reference (the same reference epochs in every row)."""
+    reference (the same reference epochs in every row).
+
+    ``settle``: untimed epochs of the same implementation right before each timed one, so
+    that a timed epoch follows its own kind as in a training run (0: strict alternation,
+    every timed epoch follows another implementation's)."""
     trainers = {prec: build_merc(data, tensors, recipe, seed=0, threads=threads) for prec, recipe in recipes.items()}
     torch.set_num_threads(threads)
     coach = build_reference(reference, pkl, data.dims["t"], 1, 0) if reference is not None and pkl else None
     merc_s: dict[str, list[float]] = {prec: [] for prec in trainers}
     ref_s: list[float] = []
-    for i in range(repeats + 1):  # epoch 0 warms up caches and allocators, not counted
+    ref_epoch = 0
+    for i in range(repeats + 1):  # round 0 warms up caches and allocators, not counted
         if coach is not None:
-            t = _timed(lambda i=i: coach.train_epoch(i + 1))
+            for _ in range(settle + 1):
+                ref_epoch += 1
+                t = _timed(lambda e=ref_epoch: coach.train_epoch(e))
             if i:
                 ref_s.append(t)
         for prec, trainer in trainers.items():
-            t = _timed(trainer.train_epoch)
+            for _ in range(settle + 1):
+                t = _timed(trainer.train_epoch)
             if i:
                 merc_s[prec].append(t)
     rows = []
     for prec, seconds in merc_s.items():
         row: dict[str, Any] = {
             "threads": threads, "precision": prec, "torch_threads": torch.get_num_threads(), "repeats": repeats,
-            "merc_seconds": seconds, "merc_median_s": statistics.median(seconds),
+            "settle": settle, "merc_seconds": seconds, "merc_median_s": statistics.median(seconds),
         }
         if ref_s:
             row.update(reference_seconds=ref_s, reference_median_s=statistics.median(ref_s),
@@ -277,6 +288,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5,
                         help="timed epochs per implementation and thread setting (0: no timing)")
     parser.add_argument("--threads", default="1", help="comma-separated torch thread counts to time, e.g. 1,2")
+    parser.add_argument("--settle", type=int, default=0,
+                        help="untimed epochs of the same implementation before each timed one (0: strict alternation)")
     parser.add_argument("--runs", type=int, default=1,
                         help="independent timing runs (fresh models each), reported one by one and as medians")
     parser.add_argument("--seeds", default="", help="comma-separated seeds for the accuracy parity run")
@@ -311,16 +324,18 @@ def main() -> None:
         timings = []
         for run in range(args.runs if args.repeats > 0 else 0):
             for threads in [int(t) for t in args.threads.split(",") if t]:
-                for row in time_epochs(data, tensors, recipes, threads, args.repeats, reference, pkl):
+                for row in time_epochs(data, tensors, recipes, threads, args.repeats, reference, pkl, args.settle):
                     timings.append(dict(row, run=run))
                     line = f"run {run} threads={threads} precision={row['precision']}: merc {row['merc_median_s']:.3f} s/epoch"
                     if "reference_median_s" in row:
                         line += f", reference {row['reference_median_s']:.3f} s/epoch, speedup x{row['speedup']:.2f}"
                     print(line, flush=True)
         if timings:
-            result["timing"] = timings
-            result["timing_summary"] = timing_summary(timings)
-            for row in result["timing_summary"]:
+            # One timing section per --settle value: "timing" (strict alternation), "timing_settle1" ...
+            key = "timing" if args.settle == 0 else f"timing_settle{args.settle}"
+            result[key] = timings
+            result[f"{key}_summary"] = timing_summary(timings)
+            for row in result[f"{key}_summary"]:
                 print(f"threads={row['threads']} precision={row['precision']}: merc {row['merc_median_s']:.3f} s/epoch"
                       + (f", speedup x{row['speedup_median']:.2f} (runs: {row['speedups']})" if "speedups" in row else ""))
         if seeds:

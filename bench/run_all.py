@@ -28,6 +28,7 @@ def main() -> int:
         ("bench_text_features.py", []),
         ("bench_multidag.py", []),
         ("bench_corect.py", corect),
+        ("bench_corect_ops.py", []),
     ]
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     for script, args in jobs:
