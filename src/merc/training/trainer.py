@@ -84,8 +84,8 @@ class TrainConfig:
             float32 before the loss and metrics. Why: CPUs with ``avx512_bf16`` /
             AMX (and recent GPUs) multiply bfloat16 several times faster than
             float32, and CORECT's text-only
-            iemocap6 epoch is bound by its text Transformer's products (1.30 instead
-            of 2.10 s/epoch on one thread, ``bench/bench_corect.py``). Models may keep small parts
+            iemocap6 epoch is bound by its text Transformer's products (1.27 instead
+            of 2.11 s/epoch on one thread, ``bench/bench_corect.py``). Models may keep small parts
             in float32 (:mod:`merc.models.layers.precision`). Opt-in because the
             numerics change: bfloat16 keeps 8 bits of mantissa, so outputs differ
             from float32 runs at about 1e-2 relative and runs are not bitwise
