@@ -93,12 +93,9 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     >>> tuple(y.shape), y.dtype
     ((5, 2), torch.bfloat16)
     """
-    if x.dim() == 2 and cpu_autocast_active(x):
-        rows = x.shape[0]
-        pad = -rows % ROW_BUCKET
-        if pad:
-            x = F.pad(x.to(torch.get_autocast_dtype("cpu")), (0, 0, 0, pad))
-            return F.linear(x, weight, bias)[:rows]
+    rows = x.shape[0]
+    if x.dim() == 2 and rows % ROW_BUCKET and cpu_autocast_active(x):
+        return F.linear(pad_rows(x.to(torch.get_autocast_dtype("cpu"))), weight, bias)[:rows]
     return F.linear(x, weight, bias)
 
 
