@@ -9,8 +9,9 @@ default) on the shapes of CORECT's text-only IEMOCAP epoch:
   mask cast to bfloat16 from each (why merc.models.layers.dropout keeps uint8 masks);
 - softmax of bfloat16 scores computed in float32 as ``softmax(x, dtype=float32)`` or as a
   float32 copy followed by a float32 softmax (merc.models.layers.attention);
-- extracting the bits of random bytes as one broadcast ``[n, 8]`` shift or as 8 passes
-  over the bytes (merc.models.layers.dropout);
+- extracting the bits of random bytes as one broadcast ``[n, 8]`` shift (inner dimension
+  8), as 8 passes over the bytes, or as one broadcast ``[8, n]`` shift (inner dimension
+  ``n``; merc.models.layers.dropout);
 - the graph attention's queries, keys and values laid out as one ``[B * S, 3 * d]`` grid
   split by ``unbind`` or as three grids (merc.models.layers.attention.scatter_heads),
   forward and backward through ``scaled_dot_product_attention`` (10 dialogues, 94 slots,
@@ -79,6 +80,9 @@ def main() -> None:
         return fields.bitwise_and_(1).view(-1)
 
     rows["bits by 8 passes, ms"] = median_ms(bits_by_passes, args.threads)
+    field_shifts = shifts[:, None]
+    rows["bits by [8, n] broadcast shift, ms"] = median_ms(
+        lambda: torch.bitwise_right_shift(octets, field_shifts).bitwise_and_(1).view(-1), args.threads)
 
     g_blocks, g_slots, g_heads, g_dim = 10, 94, 7, 100
     g_qkv = torch.randn(g_blocks * g_slots, 3 * g_heads * g_dim, requires_grad=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -164,18 +165,19 @@ def test_precision_of_each_part_under_bf16_autocast(monkeypatch: pytest.MonkeyPa
 
     assert model.rtgcn is not None and model.pcm is not None
     model.encoders["t"].register_forward_hook(record("text encoder"))
-    model.rtgcn.rgcn.register_forward_hook(record("rgcn"))
     model.rtgcn.register_forward_hook(record("rtgcn"))
     model.pcm.register_forward_hook(record("pcm"))
     model.classifier.register_forward_hook(record("classifier"))
-    graph_transformer = corect_module.block_transformer_conv
+    # RGCN and Graph Transformer run as functions of their PyG modules' weights.
+    def recording(name: str, fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        def recorded(*args: object, **kwargs: object) -> torch.Tensor:
+            out = fn(*args, **kwargs)
+            seen[name] = out.dtype
+            return out
+        return recorded
 
-    def recorded_graph_transformer(*args: object, **kwargs: object) -> torch.Tensor:
-        out = graph_transformer(*args, **kwargs)
-        seen["graph transformer"] = out.dtype
-        return out
-
-    monkeypatch.setattr(corect_module, "block_transformer_conv", recorded_graph_transformer)
+    for name, attr in (("rgcn", "relational_mean_conv"), ("graph transformer", "block_transformer_conv")):
+        monkeypatch.setattr(corect_module, attr, recording(name, getattr(corect_module, attr)))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(batch)
     out.logits.float().sum().backward()

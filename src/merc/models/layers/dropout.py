@@ -51,12 +51,23 @@ def _bit_fields(n: int, k: int, device: torch.device | str | None, generator: to
     # An int32 draw is 32 uniform bits (torch.randint reduces one 64-bit draw modulo 2**32).
     words = torch.randint(-(2**31), 2**31, (-(-n_bytes // 4),), dtype=torch.int32, device=device, generator=generator)
     octets = words.view(torch.uint8)[:n_bytes]
-    # One vectorised pass over all bytes per field position: a broadcast [n_bytes, 8]
-    # shift has an inner dimension of 8 and ran 7x slower on CPU (bench/bench_cpu_kernels.py).
-    fields = torch.empty(per_byte, n_bytes, dtype=torch.uint8, device=octets.device)
-    for i in range(per_byte):
-        torch.bitwise_right_shift(octets, i * k, out=fields[i])
-    return fields.bitwise_and_(2**k - 1).view(-1)
+    # Field i of every byte in row i of a [per_byte, n_bytes] result: one broadcast shift
+    # whose inner dimension runs over all bytes (vectorised); the transposed broadcast
+    # [n_bytes, 8] has an inner dimension of 8 and ran 7x slower on CPU, one shift per
+    # row is 8 operations instead of one (bench/bench_cpu_kernels.py).
+    shifts = _field_shifts(k, octets.device)
+    return torch.bitwise_right_shift(octets, shifts).bitwise_and_(2**k - 1).view(-1)
+
+
+_SHIFTS: dict[tuple[int, torch.device], Tensor] = {}
+
+
+def _field_shifts(k: int, device: torch.device) -> Tensor:
+    """``uint8 [8 / k, 1]`` bit offsets ``0, k, 2k, ...`` of the ``k``-bit fields of a byte (cached per device)."""
+    key = (k, device)
+    if key not in _SHIFTS:
+        _SHIFTS[key] = torch.arange(0, 8, k, dtype=torch.uint8, device=device)[:, None]
+    return _SHIFTS[key]
 
 
 def _keep_bytes(

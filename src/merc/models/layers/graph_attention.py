@@ -95,26 +95,28 @@ def block_transformer_conv(
         raise ValueError("this TransformerConv configuration has no block-attention equivalent; call it directly")
     heads = conv.heads
     allowed = adjacency if adjacency is not None else block_adjacency(edge_index, blocks)
-    # A row with no allowed key would be a softmax over nothing: let it see its own
-    # slot and zero its result (PyG's sum over no incoming edge).
-    isolated = ~allowed.any(dim=-1)  # [B, S]
-    has_isolated = bool(isolated.any())
-    if has_isolated:
-        allowed = allowed | torch.diag_embed(isolated)
-    # One projection for queries, keys and values (the three Linear layers stacked);
-    # TransformerConv's ``bias`` switches the three biases together.
-    weight = torch.cat([conv.lin_query.weight, conv.lin_key.weight, conv.lin_value.weight])
-    bias = (
-        torch.cat([conv.lin_query.bias, conv.lin_key.bias, conv.lin_value.bias])
-        if conv.lin_query.bias is not None else None
-    )
     slots = blocks.block * blocks.size + blocks.slot
+    # A query slot with no allowed key would be a softmax over nothing (NaN, whose
+    # gradient reaches every key): let every such slot see itself. Empty slots of short
+    # dialogues are always among them; a real node without incoming edges also has its
+    # result zeroed below (PyG's sum over no incoming edge).
+    no_key = ~allowed.any(dim=-1)  # [B, S]
+    allowed = allowed | torch.diag_embed(no_key)
+    isolated_nodes = no_key.view(-1)[slots]  # [V]
+    # One projection for queries, keys, values and the root (skip) term: the four
+    # Linear layers stacked, split afterwards (split's backward is one concatenation).
+    # TransformerConv's ``bias`` switches the four biases together.
+    linears = (conv.lin_query, conv.lin_key, conv.lin_value, conv.lin_skip)
+    weight = torch.cat([lin.weight for lin in linears])
+    bias = torch.cat([lin.bias for lin in linears]) if conv.lin_query.bias is not None else None
+    width = conv.lin_skip.weight.shape[0]
     # 1/sqrt(C) scaling as PyG; under CPU autocast bfloat16 products at bucketed shapes
     # (merc.models.layers.precision), float32 otherwise.
-    out = block_attention(linear(x, weight, bias), slots, allowed, heads)
-    if has_isolated:
-        out = out.masked_fill(isolated.view(-1)[slots, None], 0.0)
-    return out + linear(x, conv.lin_skip.weight, conv.lin_skip.bias)
+    qkv, skip = linear(x, weight, bias).split([3 * width, width], dim=1)
+    out = block_attention(qkv, slots, allowed, heads)
+    if bool(isolated_nodes.any()):
+        out = out.masked_fill(isolated_nodes[:, None], 0.0)
+    return out + skip
 
 
 __all__ = ["NodeBlocks", "block_adjacency", "block_transformer_conv", "supports_block_attention"]
