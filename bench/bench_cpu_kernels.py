@@ -16,6 +16,8 @@ default) on the shapes of CORECT's text-only IEMOCAP epoch:
   split by ``unbind`` or as three grids (merc.models.layers.attention.scatter_heads),
   forward and backward through ``scaled_dot_product_attention`` (10 dialogues, 94 slots,
   7 heads of 100);
+- CORECT's RGCN forward and backward on a text-only graph (10 dialogues of 48
+  utterances), PyG's ``RGCNConv`` against merc.models.layers.relational_conv;
 - one attention forward and backward with dropout (10 dialogues, 80 steps, 8 heads of 48),
   :func:`merc.models.layers.attention.block_attention` in float32 and under bfloat16 autocast.
 
@@ -36,8 +38,11 @@ from pathlib import Path
 
 import torch
 import torch.utils.benchmark as benchmark
+from torch_geometric.nn import RGCNConv
 
+from merc.data.graphs import build_corect_graph
 from merc.models.layers.attention import block_attention, scatter_heads
+from merc.models.layers.relational_conv import relational_mean_conv
 
 RESULTS = Path(__file__).parent / "results" / "cpu_kernels.json"
 
@@ -100,6 +105,18 @@ def main() -> None:
 
     rows["graph attention fwd+bwd, one grid + unbind, ms"] = median_ms(one_grid, args.threads)
     rows["graph attention fwd+bwd, three grids, ms"] = median_ms(three_grids, args.threads)
+
+    # CORECT's RGCN on a text-only graph of 10 dialogues of 48 utterances (window [11, 9],
+    # the 3 relations that occur with one modality): PyG's round per relation against
+    # merc's one gather / scatter / product, forward and backward, float32.
+    rgcn_graph = build_corect_graph(torch.full((10,), 48), "t", past=11, future=9)
+    _, rgcn_types = torch.unique(rgcn_graph.edge_type, return_inverse=True)
+    rgcn = RGCNConv(100, 100, num_relations=int(rgcn_types.max()) + 1)
+    rgcn_x = torch.randn(480, 100, requires_grad=True)
+    rows["RGCN fwd+bwd, PyG RGCNConv, ms"] = median_ms(
+        lambda: rgcn(rgcn_x, rgcn_graph.edge_index, rgcn_types).sum().backward(), args.threads)
+    rows["RGCN fwd+bwd, relational_mean_conv, ms"] = median_ms(
+        lambda: relational_mean_conv(rgcn, rgcn_x, rgcn_graph.edge_index, rgcn_types).sum().backward(), args.threads)
 
     scores = torch.randn(80, 96, 96).bfloat16()
     rows["softmax(bf16, dtype=float32), ms"] = median_ms(

@@ -51,7 +51,9 @@ Speed (CPU; ``bench/bench_corect.py`` times it against the reference), same func
   per-utterance parts too, only its attention sees the padded grid
   (:mod:`merc.models.layers.transformer`).
 - The Graph Transformer is evaluated as masked dense attention per dialogue
-  (:mod:`merc.models.layers.graph_attention`) instead of PyG's per-edge gathers.
+  (:mod:`merc.models.layers.graph_attention`) instead of PyG's per-edge gathers, and
+  the RGCN for all relations at once (:mod:`merc.models.layers.relational_conv`)
+  instead of PyG's round per relation; both from the PyG modules' own weights.
 - Dropout masks come from random bits (:mod:`merc.models.layers.dropout`): PyTorch's
   CPU ``bernoulli_`` cost more than the text Transformer's feed-forward products.
   Same distribution, another random stream than ``nn.Dropout``.
