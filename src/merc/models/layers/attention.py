@@ -51,8 +51,9 @@ def scatter_heads(qkv: Tensor, index: Tensor, num_blocks: int, size: int, num_he
     Each part gets its own ``[B * S, d]`` grid (viewed head-major without a copy), not
     one ``[B * S, 3 * d]`` grid split by ``unbind``: the gradients attention returns then
     already have the grids' layout, whereas ``unbind``'s backward stacks and re-lays
-    them out (two more copies of the whole grid; a graph attention's forward and backward
-    took 19.6 against 23.5 ms in the last run of ``bench/bench_cpu_kernels.py``).
+    them out. The time saved is within noise: a graph attention's forward and backward
+    took 21.0 ms with three grids and 20.4 ms with one in the latest run of
+    ``bench/bench_cpu_kernels.py`` (earlier runs favoured three grids).
     """
     grids = []
     for part in qkv.chunk(3, dim=1):
