@@ -55,3 +55,31 @@ def assert_same_training(resumed, straight) -> None:
     assert strip(resumed.history) == strip(straight.history)
     for k, v in straight.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[k], v)
+
+
+def assert_same_function(module, reference, candidate, x, rtol: float = 1e-5, atol: float = 1e-5) -> None:
+    """``candidate(x)`` equals ``reference(x)`` in value, input gradient and ``module``'s parameter gradients.
+
+    Both are functions of ``module``'s parameters (e.g. a PyG layer and merc's re-evaluation
+    of it); the output is weighted by fixed random weights before the backward pass.
+    """
+    weights = None
+
+    def run(fn):
+        nonlocal weights
+        module.zero_grad()
+        inp = x.clone().requires_grad_()
+        out = fn(inp)
+        if weights is None:
+            weights = torch.randn(out.shape)
+        (out * weights).sum().backward()
+        assert inp.grad is not None
+        return out.detach(), inp.grad, {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+    ref = run(reference)
+    got = run(candidate)
+    torch.testing.assert_close(got[0], ref[0], rtol=rtol, atol=atol)
+    torch.testing.assert_close(got[1], ref[1], rtol=10 * rtol, atol=atol)
+    assert got[2].keys() == ref[2].keys()
+    for name in ref[2]:
+        torch.testing.assert_close(got[2][name], ref[2][name], rtol=10 * rtol, atol=atol, msg=name)
