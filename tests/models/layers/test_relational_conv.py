@@ -56,3 +56,11 @@ def test_unsupported_configurations_are_refused() -> None:
     assert not supports_fused_rgcn(RGCNConv(4, 4, 2, aggr="sum"), x)
     with pytest.raises(ValueError, match="no fused equivalent"):
         relational_mean_conv(RGCNConv(4, 4, 2, num_blocks=2), x, torch.zeros(2, 1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+
+
+@pytest.mark.parametrize("bad_type", [-1, 2])
+def test_out_of_range_edge_types_are_refused(bad_type: int) -> None:
+    conv = RGCNConv(3, 2, num_relations=2)
+    edge_index = torch.tensor([[0, 1], [1, 2]])
+    with pytest.raises(ValueError, match=r"edge types must lie in 0 \.\. 1"):
+        relational_mean_conv(conv, torch.randn(3, 3), edge_index, torch.tensor([0, bad_type]))

@@ -45,11 +45,20 @@ def relational_mean_conv(conv: RGCNConv, x: Tensor, edge_index: Tensor, edge_typ
 
     Returns:
         ``[V, F']``.
+
+    Raises:
+        ValueError: ``conv`` is not supported, or an edge type is out of range.
     """
     if not supports_fused_rgcn(conv, x):
         raise ValueError("this RGCNConv configuration has no fused equivalent; call it directly")
     num_nodes, in_dim = x.shape
     num_relations = conv.num_relations
+    # An out-of-range relation would land in a neighbouring node's bucket, not fail.
+    if edge_type.numel() and not (0 <= int(edge_type.min()) and int(edge_type.max()) < num_relations):
+        raise ValueError(
+            f"edge types must lie in 0 .. {num_relations - 1} (the RGCN's relations), "
+            f"got {int(edge_type.min())} .. {int(edge_type.max())}"
+        )
     src, dst = edge_index
     row = dst * num_relations + edge_type  # [E]: (target, relation) bucket of each edge
     # Mean over each (target, relation) bucket; empty buckets stay zero, as PyG's scatter mean.
