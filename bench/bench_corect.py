@@ -21,9 +21,9 @@ thread count and merc precision: median seconds/epoch and the ratio reference / 
 with the machine's state by several percent between runs); ``timing_summary`` gives
 each run's ratio and their median. With ``--settle 1`` every timed epoch follows an
 untimed epoch of the same implementation, as in a training run, instead of the other
-implementation's (bf16-mixed, 2 threads, 5 runs: 0.82 s/epoch in strict alternation,
-0.79 s settled, 0.75 s alone in ``bench/bench_corect_ops.py``); its results go to
-``timing_settle1``. ``--precision`` takes merc's ``training.precision`` values (comma-separated, e.g.
+implementation's (right after the reference's, merc's epochs were measured a few
+percent slower: compare ``timing`` and ``timing_settle1`` in the results file); its
+results go to ``timing_settle1``. ``--precision`` takes merc's ``training.precision`` values (comma-separated, e.g.
 ``32,bf16-mixed``); the reference always trains in float32 (it has no such option).
 
 Parity (``--seeds 0,1,2 --epochs 50``): both train to completion, each selecting the
