@@ -132,13 +132,42 @@ def test_real_process_prints_no_traceback(tmp_path) -> None:
     assert proc.stderr.strip().startswith("merc: error: unknown dataset") and "Traceback" not in proc.stderr
 
 
-def test_curriculum_flag_defaults_follow_table_4() -> None:
-    from merc.cli import curriculum_overrides
+def test_curriculum_switches_become_overrides_and_defaults_come_from_the_dataset_registry() -> None:
+    from merc.cli import build_parser, plugin_overrides
+    from merc.errors import ConfigError
+    from merc.training.runner import resolve_recipe
 
-    assert curriculum_overrides("emotion-shift", None, "iemocap6") == ["curriculum.strategy=emotion-shift", "curriculum.buckets=5"]
-    assert curriculum_overrides("emotion-shift", None, "meld7")[-1] == "curriculum.buckets=12"
-    assert curriculum_overrides("emotion-shift", 3, "synthetic")[-1] == "curriculum.buckets=3"
-    assert curriculum_overrides(None, None, "meld7") == []
+    def overrides(*flags: str) -> list[str]:
+        return plugin_overrides(build_parser().parse_args(["train", "--model", "bclstm", "--dataset", "x",
+                                                           "--out", "o", *flags]))
+
+    assert overrides("--curriculum", "emotion-shift") == ["curriculum.strategy=emotion-shift"]
+    assert overrides("--curriculum", "emotion-shift", "--buckets", "3")[-1] == "curriculum.buckets=3"
+    assert overrides() == []
+    with pytest.raises(ConfigError, match="--buckets needs --curriculum"):
+        overrides("--buckets", "3")
+    # MultiDAG+CL Table 4's bucket counts are dataset facts, filled into the resolved recipe.
+    on = ["curriculum.strategy=emotion-shift"]
+    assert resolve_recipe("multidag", "iemocap6", on)["curriculum"]["buckets"] == 5
+    assert resolve_recipe("multidag", "meld7", on)["curriculum"]["buckets"] == 12
+    assert resolve_recipe("multidag", "meld7", [*on, "curriculum.buckets=3"])["curriculum"]["buckets"] == 3
+    assert "curriculum" not in resolve_recipe("multidag", "meld7")  # a default never switches a plug-in on
+
+
+def test_a_new_plugin_gets_its_switch_without_editing_the_cli() -> None:
+    from merc.cli import build_parser, plugin_overrides
+    from merc.training.plugins.registry import PluginOption, register_plugin, unregister_plugin
+
+    register_plugin("toy-balance", help="a test plug-in", group="balance",
+                    options=(PluginOption("toy-alpha", "alpha", float, "its alpha"),))(lambda cfg, ds: None)
+    try:
+        args = build_parser().parse_args(["train", "--model", "m", "--dataset", "d", "--out", "o",
+                                          "--balance", "toy-balance", "--toy-alpha", "0.5"])
+        assert plugin_overrides(args) == ["toy-balance.enabled=true", "toy-balance.alpha=0.5"]
+        with pytest.raises(SystemExit):  # argparse: not one of the group's plug-ins
+            build_parser().parse_args(["train", "--model", "m", "--dataset", "d", "--out", "o", "--balance", "x"])
+    finally:
+        unregister_plugin("toy-balance")
 
 
 def test_train_with_curriculum_records_it(tmp_path) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from merc.config import configs_dir, load_yaml
+from merc.config import configs_dir, load_recipe
 from merc.models import build_model, list_models
 from merc.training.trainer import TrainConfig
 
@@ -20,7 +20,7 @@ def test_recipes_exist_for_every_model() -> None:
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_recipe_builds(path: Path) -> None:
-    recipe = load_yaml(path)
+    recipe = load_recipe(path.parent.name, path.stem)  # a dataset recipe over its model's default.yaml
     TrainConfig.from_dict(recipe.get("training", {}))
     dims = {"t": 384, "a": 100, "v": 256}
     model = build_model(path.parent.name, in_dims=dims, num_classes=6, num_speakers=2, num_parties=2,

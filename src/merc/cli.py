@@ -44,10 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="recipe YAML instead of configs/<model>/<dataset>.yaml")
     p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1 ...")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--curriculum", default=None, choices=["emotion-shift", "none"],
-                   help="curriculum plug-in (MultiDAG+CL): emotion-shift difficulty, baby-step buckets")
-    p.add_argument("--buckets", type=int, default=None,
-                   help="curriculum buckets (default: 5 for IEMOCAP, 12 for MELD, as in MultiDAG+CL Table 4)")
+    add_plugin_switches(p)
     _add_data_root(p)
     p.add_argument("overrides", nargs="*", help="recipe overrides section.key=value, e.g. training.lr=3e-4")
 
@@ -73,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     _add_data_root(p)
 
-    from merc.evaluation.robustness import add_robustness_arguments
+    from merc.training.robustness_sweep import add_robustness_arguments
 
     add_robustness_arguments(sub.add_parser(
         "robustness", help="metric vs missing-modality rate (and per-modality drops), table + plot"))
@@ -83,31 +80,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: MultiDAG+CL Table 4: the best number of curriculum buckets per corpus.
-DEFAULT_BUCKETS = {"iemocap": 5, "meld": 12}
+def add_plugin_switches(parser: argparse.ArgumentParser) -> None:
+    """The training plug-ins' switches, from the plug-in registry (a new plug-in adds its own)."""
+    from merc.training.plugins.registry import plugin_groups, plugin_specs
+
+    group = parser.add_argument_group("training plug-ins (each also a recipe section, see `merc train --help`)")
+    for name, members in plugin_groups().items():
+        group.add_argument(f"--{name}", default=None, choices=[m.section for m in members],
+                           help="; ".join(f"{m.section}: {m.help}" for m in members))
+    for spec in plugin_specs():
+        if spec.switch:
+            group.add_argument(f"--{spec.switch}", default=None, choices=list(spec.choices) or None, help=spec.help)
+        for opt in spec.options:
+            group.add_argument(f"--{opt.flag}", type=opt.type, default=None, help=opt.help)
 
 
-def curriculum_overrides(curriculum: str | None, buckets: int | None, dataset: str) -> list[str]:
-    """``--curriculum/--buckets`` as recipe overrides (``curriculum.strategy=...``)."""
-    if curriculum is None:
-        if buckets is not None:
-            raise MercError("--buckets needs --curriculum emotion-shift")
-        return []
-    if curriculum == "none":
-        return ["curriculum.strategy=none"]
-    if buckets is None:
-        corpus = next((c for c in DEFAULT_BUCKETS if dataset.lower().startswith(c)), None)
-        if corpus is None:
-            raise MercError(f"no default curriculum bucket count for dataset {dataset!r}; pass --buckets K")
-        buckets = DEFAULT_BUCKETS[corpus]
-    return [f"curriculum.strategy={curriculum}", f"curriculum.buckets={buckets}"]
+def plugin_overrides(args: argparse.Namespace) -> list[str]:
+    """The plug-in switches given on the command line as recipe overrides."""
+    from merc.training.plugins.registry import plugin_groups, plugin_specs, switch_overrides
+
+    flags = list(plugin_groups()) + [f for s in plugin_specs() for f in [s.switch, *(o.flag for o in s.options)] if f]
+    return switch_overrides({f: getattr(args, f.replace("-", "_"), None) for f in flags})
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from merc.evaluation.report import print_results
     from merc.training.runner import run_experiment
 
-    overrides = curriculum_overrides(args.curriculum, args.buckets, args.dataset) + list(args.overrides)
+    overrides = plugin_overrides(args) + list(args.overrides)
     results = run_experiment(
         args.model, args.dataset, args.modalities, args.seeds, args.out, data_root=args.data_root,
         overrides=overrides, recipe_path=args.config, device=args.device, show_progress=not args.quiet,
@@ -210,7 +210,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_robustness(args: argparse.Namespace) -> int:
-    from merc.evaluation.robustness import robustness_main
+    from merc.training.robustness_sweep import robustness_main
 
     return int(robustness_main(args) or 0)
 

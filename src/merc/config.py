@@ -1,11 +1,16 @@
 """YAML recipes and ``key=value`` overrides.
 
-A recipe is ``configs/<model>/<dataset>.yaml`` (falling back to
-``configs/<model>/default.yaml``) with two sections, ``model`` (constructor arguments)
-and ``training`` (:class:`merc.training.trainer.TrainConfig` fields), plus optional
-plug-in sections. Command-line overrides use dotted keys (``training.lr=3e-4``,
-``model.dropout=0.5``); values are parsed as YAML scalars. The fully resolved recipe is
-written into the run folder.
+A recipe has two sections, ``model`` (constructor arguments) and ``training``
+(:class:`merc.training.trainer.TrainConfig` fields), plus optional plug-in sections
+(``curriculum``) and ``data``. ``configs/<model>/default.yaml`` is a model's base recipe;
+``configs/<model>/<dataset>.yaml`` states only what differs for that dataset and is
+deep-merged over the default (:func:`deep_merge`). A dataset without its own file gets
+the default. An explicit recipe file (``merc train --config``) is read as a full recipe,
+without the default under it. Command-line overrides use dotted keys
+(``training.lr=3e-4``, ``model.dropout=0.5``) and are applied last; values are parsed as
+YAML scalars. The fully resolved recipe is written into the run folder, with the files
+it came from in ``data.recipe_file`` (and ``data.recipe_base``, the default it
+inherited from).
 """
 
 from __future__ import annotations
@@ -21,7 +26,14 @@ import yaml
 from merc.errors import ConfigError
 
 #: Top-level recipe sections.
-SECTIONS = ("model", "training", "curriculum", "data")
+CORE_SECTIONS = ("model", "training", "data")
+
+
+def recipe_sections() -> tuple[str, ...]:
+    """The core sections and every registered plug-in's (:mod:`merc.training.plugins.registry`)."""
+    from merc.training.plugins.registry import plugin_sections  # torch-free; plug-ins register there
+
+    return CORE_SECTIONS + plugin_sections()
 
 
 def configs_dir() -> Path:
@@ -32,6 +44,11 @@ def configs_dir() -> Path:
 
 
 def recipe_path(model: str, dataset: str) -> Path | None:
+    """The most specific recipe file for ``model`` x ``dataset``.
+
+    ``configs/<model>/<dataset>.yaml`` if it exists (it inherits from ``default.yaml``,
+    see :func:`load_recipe`), else ``configs/<model>/default.yaml``, else ``None``.
+    """
     folder = configs_dir() / model
     for name in (f"{dataset}.yaml", "default.yaml"):
         if (folder / name).is_file():
@@ -40,6 +57,18 @@ def recipe_path(model: str, dataset: str) -> Path | None:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """One recipe file as written (no inheritance), its sections checked.
+
+    Args:
+        path: A recipe YAML file (or a run folder's ``config.yaml``).
+
+    Returns:
+        The file's mapping; a section left empty (``model:``) stays ``None``.
+
+    Raises:
+        ConfigError: The file is missing, not YAML, not a mapping, has an unknown
+            section, or a section that is not a mapping of options.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe not found: {path}")
@@ -48,21 +77,93 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a recipe is a mapping with sections {', '.join(SECTIONS)}")
-    unknown = [k for k in data if k not in SECTIONS]
+        raise ConfigError(f"{path}: a recipe is a mapping with sections {', '.join(recipe_sections())}")
+    sections = recipe_sections()
+    unknown = [k for k in data if k not in sections]
     if unknown:
-        raise ConfigError(f"{path}: unknown section(s) {', '.join(unknown)}; sections are {', '.join(SECTIONS)}")
+        raise ConfigError(f"{path}: unknown section(s) {', '.join(unknown)}; sections are {', '.join(sections)}")
+    for section, value in data.items():
+        # A list or a scalar here (say "model: corect") would otherwise surface much
+        # later as a confusing TypeError in the model or trainer constructor.
+        if value is not None and not isinstance(value, dict):
+            raise ConfigError(
+                f"{path}: section {section!r} must be a mapping of option: value, not a {type(value).__name__} "
+                f"({value!r})"
+            )
     return data
 
 
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``override`` merged over ``base``, without changing either.
+
+    Mappings present on both sides are merged key by key (recursively); any other value
+    of ``override`` (scalar, list, ``None``) replaces the base value as a whole.
+
+    Args:
+        base: The inherited mapping (e.g. ``default.yaml``).
+        override: The more specific mapping (e.g. ``<dataset>.yaml``).
+
+    Returns:
+        A new dict: ``base``'s keys in their order, then keys only ``override`` has.
+
+    >>> deep_merge({"model": {"a": 1, "b": [1]}}, {"model": {"b": [2], "c": 3}})
+    {'model': {'a': 1, 'b': [2], 'c': 3}}
+    """
+    out = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _sections(data: Mapping[str, Any]) -> dict[str, Any]:
+    # An empty section in YAML ("model:") reads as None; it means "no options".
+    return {key: value or {} for key, value in data.items()}
+
+
 def load_recipe(model: str, dataset: str, path: str | Path | None = None) -> dict[str, Any]:
-    """The recipe for ``model`` x ``dataset`` (empty sections if none exists)."""
-    found = Path(path) if path is not None else recipe_path(model, dataset)
+    """The recipe for ``model`` x ``dataset``, before command-line overrides.
+
+    Without ``path``: ``configs/<model>/default.yaml`` with
+    ``configs/<model>/<dataset>.yaml`` deep-merged over it (either may be missing).
+    ``data.recipe_file`` records the most specific file read and ``data.recipe_base``
+    the default under it, when both were read.
+
+    Args:
+        model: Registered model name (the ``configs/`` sub-folder).
+        dataset: Dataset name (the recipe file's stem).
+        path: An explicit recipe file, read as a full recipe: no default is merged
+            under it (a pruned ``configs/<model>/<dataset>.yaml`` passed here loses the
+            default's values).
+
+    Returns:
+        A new dict with at least the ``model`` and ``training`` sections (empty if no
+        recipe exists).
+
+    Raises:
+        ConfigError: A recipe file is missing (explicit ``path``) or malformed.
+    """
     recipe: dict[str, Any] = {s: {} for s in ("model", "training")}
-    if found is not None:
-        for key, value in load_yaml(found).items():
-            recipe[key] = value or {}
-        recipe.setdefault("data", {})["recipe_file"] = str(found)
+    files: dict[str, Path] = {}
+    if path is not None:
+        recipe.update(_sections(load_yaml(path)))
+        files["recipe_file"] = Path(path)
+    else:
+        folder = configs_dir() / model
+        base, own = folder / "default.yaml", folder / f"{dataset}.yaml"
+        if base.is_file():
+            recipe.update(_sections(load_yaml(base)))
+        if own.is_file() and own != base:
+            recipe = deep_merge(recipe, _sections(load_yaml(own)))
+            files["recipe_file"] = own
+            if base.is_file():
+                files["recipe_base"] = base
+        elif base.is_file():
+            files["recipe_file"] = base
+    if files:
+        recipe.setdefault("data", {}).update({key: str(value) for key, value in files.items()})
     return recipe
 
 
@@ -72,8 +173,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override {text!r} is not key=value (e.g. training.lr=3e-4)")
     key, raw = text.split("=", 1)
     parts = [p for p in key.strip().split(".") if p]
-    if len(parts) < 2 or parts[0] not in SECTIONS:
-        raise ConfigError(f"override key {key!r} must start with a section: {', '.join(SECTIONS)} (e.g. model.dropout=0.5)")
+    sections = recipe_sections()
+    if len(parts) < 2 or parts[0] not in sections:
+        raise ConfigError(f"override key {key!r} must start with a section: {', '.join(sections)} (e.g. model.dropout=0.5)")
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:

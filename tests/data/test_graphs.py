@@ -17,9 +17,9 @@ from helpers import make_batch
 from merc.data.graphs import (
     CORECT_NUM_RELATIONS,
     build_corect_graph,
-    build_dag,
     corect_relation_names,
     cross_modal_relation,
+    dag_adjacency,
     temporal_relation,
     utterance_index,
 )
@@ -166,37 +166,39 @@ def test_dag_matches_dag_erc_reference(seed: int) -> None:
         for b, s in enumerate(speakers):
             spk[b, : len(s)] = torch.tensor(s)
         turns = rng.choice([1, 1, 2, 3, None])
-        g = build_dag(torch.tensor(lengths), spk, max_same_speaker_turns=turns)
-        assert _triples(g.edge_index, g.edge_relation) == dag_reference(lengths, speakers, turns)
-        # Sorted by target, then source: the order a DAG layer visits nodes in.
-        key = g.edge_index[1] * 10_000 + g.edge_index[0]
-        assert torch.equal(key, key.sort().values)
+        adj, same = dag_adjacency(torch.tensor(lengths), spk, speaker_window=turns or 10_000)
+        assert _dense_triples(adj, same, lengths) == dag_reference(lengths, speakers, turns)
+
+
+def _dense_triples(adj: torch.Tensor, same: torch.Tensor, lengths: list[int]) -> list[tuple[int, int, int]]:
+    """Dense ``[B, T, T]`` masks as (source, target, same speaker) over flat utterance ids."""
+    offsets = [0]
+    for n in lengths:
+        offsets.append(offsets[-1] + n)
+    b, i, j = adj.nonzero(as_tuple=True)
+    return sorted((offsets[bb] + jj, offsets[bb] + ii, int(same[bb, ii, jj]))
+                  for bb, ii, jj in zip(b.tolist(), i.tolist(), j.tolist(), strict=True))
 
 
 def test_dag_window_rule_by_hand() -> None:
     # Speakers A B A B A: utterance 4 (A) looks back to 2 (its last A turn), and with
     # two turns to 0; utterance 1 (B) has no earlier B turn, so it links all predecessors.
     spk = torch.tensor([[0, 1, 0, 1, 0]])
-    g = build_dag(torch.tensor([5]), spk)
-    into4 = sorted(g.edge_index[0][g.edge_index[1] == 4].tolist())
-    assert into4 == [2, 3]
-    g2 = build_dag(torch.tensor([5]), spk, max_same_speaker_turns=2)
-    assert sorted(g2.edge_index[0][g2.edge_index[1] == 4].tolist()) == [0, 1, 2, 3]
-    assert g.edge_index[0][g.edge_index[1] == 0].numel() == 0
+    adj, _ = dag_adjacency(torch.tensor([5]), spk)
+    assert adj[0, 4].nonzero().squeeze(1).tolist() == [2, 3]
+    adj2, _ = dag_adjacency(torch.tensor([5]), spk, speaker_window=2)
+    assert adj2[0, 4].nonzero().squeeze(1).tolist() == [0, 1, 2, 3]
+    assert not adj[0, 0].any()
     with pytest.raises(ConfigError):
-        build_dag(torch.tensor([5]), spk, max_same_speaker_turns=0)
-    with pytest.raises(ValueError, match="columns"):
-        build_dag(torch.tensor([6]), spk)
+        dag_adjacency(torch.tensor([5]), spk, speaker_window=0)
 
 
-def test_dag_on_a_batch_uses_flat_indices() -> None:
+def test_dag_stays_inside_dialogues_and_ignores_padding() -> None:
     batch, _ = make_batch((1, 7, 3), "t")
-    g = build_dag(batch.lengths, batch.parties)
-    src, dst = g.edge_index
-    assert (src < dst).all()
-    assert torch.equal(batch.utterance_dialogue[src], batch.utterance_dialogue[dst])
-    parties = batch.flatten(batch.parties)
-    assert torch.equal(g.edge_relation, (parties[src] == parties[dst]).long())
+    adj, same = dag_adjacency(batch.lengths, batch.parties)
+    assert not (adj & ~batch.mask[:, :, None]).any() and not (adj & ~batch.mask[:, None, :]).any()
+    assert torch.equal(adj, adj.tril(-1))  # acyclic: edges only from earlier utterances
+    assert torch.equal(same & adj, (batch.parties[:, :, None] == batch.parties[:, None, :]) & adj)
 
 
 def test_utterance_index_matches_batch_maps() -> None:

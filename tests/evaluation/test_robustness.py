@@ -1,31 +1,35 @@
-"""Robustness sweeps on tiny synthetic data (1-2 epochs): both protocols, report files, CLI."""
+"""Robustness conditions, masks and reports, on hand-made reports (no training).
+
+The sweeps that produce reports from trained runs are tested in
+tests/training/test_robustness_sweep.py.
+"""
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from merc.data.missing import read_masks
+from merc.data.missing import read_masks, realized_missing_rate
 from merc.data.schema import MercDataset
 from merc.data.synthetic import generate_synthetic
 from merc.errors import ConfigError, DataError
 from merc.evaluation.robustness import (
     MASK_DIR,
-    add_robustness_arguments,
+    Condition,
+    condition_entry,
+    headline_metrics,
+    load_robustness_reports,
     make_conditions,
-    robustness_by_retraining,
-    robustness_from_run,
-    robustness_main,
+    mask_condition,
+    mask_seeds_for,
+    merge_robustness_reports,
+    model_report,
+    robustness_markdown,
     write_robustness_report,
 )
-from merc.training.runner import run_experiment
-
-SMALL = ["model.hidden_size=8", "model.fe_hidden=8", "model.gat_hidden=4", "model.cma_dim=4",
-         "model.classifier_hidden=8"]
 
 
 @pytest.fixture(scope="module")
@@ -33,103 +37,76 @@ def tiny() -> MercDataset:
     return generate_synthetic(num_dialogues=(8, 3, 5), min_len=3, max_len=8, dims={"t": 8, "a": 4, "v": 4}, seed=0)
 
 
-@pytest.fixture(scope="module")
-def trained_run(tiny: MercDataset, tmp_path_factory) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("run") / "micga"
-    res = run_experiment("micga", tiny, "tav", seeds=(0, 1), out_dir=out,
-                         overrides=["training.epochs=2", *SMALL], show_progress=False)
-    return out, res
+def fake_report(model: str = "micga", imputation: str = "none", offset: float = 0.0) -> dict:
+    """A report as a sweep writes it: 2 training seeds x 2 mask seeds, scores falling with the rate."""
+    conditions, skipped = make_conditions("tav", (0.0, 0.5, 0.7), ("a", "tv"))
+    entries = []
+    for cond in conditions:
+        base = 60.0 - 20 * float(cond.value) if cond.kind == "rate" else 50.0
+        runs = [{"train_seed": s, "mask_seed": m, "realized_rate": 0.0,
+                 **headline_metrics({"weighted_f1": base + offset + s + m, "accuracy": base + s, "other": 1.0})}
+                for m in mask_seeds_for(cond, [0, 1]) for s in (0, 1)]
+        entries.append(condition_entry(cond, runs, "tav"))
+    return model_report("train-complete", model, f"runs/{model}", "synthetic", "tav", imputation, [0, 1], [0, 1],
+                        skipped, entries)
 
 
 def test_conditions_skip_what_the_modalities_cannot_have() -> None:
     conds, skipped = make_conditions("tav", [0.0, 0.7, 0.8], ["a", "tav", "ta"])
     assert [c.name for c in conds] == ["rate=0.00", "rate=0.70", "drop=a", "drop=ta"]
     assert len(skipped) == 2
+    assert [c.slug for c in conds] == ["rate0.00", "rate0.70", "drop-a", "drop-ta"]
 
 
-def test_train_complete_protocol(trained_run, tiny: MercDataset) -> None:
-    run, res = trained_run
-    rep = robustness_from_run(run, rates=(0.0, 0.3, 0.7), drops=("a", "tv"), mask_seeds=(0, 1), dataset=tiny)
-    by_name = {c["name"]: c for c in rep["conditions"]}
-    assert list(by_name) == ["rate=0.00", "rate=0.30", "rate=0.70", "drop=a", "drop=tv"]
-    # Rate 0 reuses the selected weights on the untouched test split: the run's own test scores.
-    np.testing.assert_allclose(by_name["rate=0.00"]["metrics"]["weighted_f1"]["per_seed"],
-                               res["test"]["weighted_f1"]["per_seed"])
-    assert len(by_name["rate=0.00"]["runs"]) == 2  # one mask-free evaluation per training seed
-    assert len(by_name["rate=0.30"]["runs"]) == 4  # 2 training seeds x 2 mask seeds
-    assert by_name["rate=0.70"]["effective_rate"] == pytest.approx(2 / 3)
-    assert all(r["realized_rate"] == pytest.approx(2 / 3) for r in by_name["rate=0.70"]["runs"])
-    assert all(r["realized_rate"] == pytest.approx(1 / 3) for r in by_name["drop=a"]["runs"])
-    # Masks were written once and are reused: a second sweep gives identical numbers.
-    files = sorted((run / MASK_DIR / "test-only" / "tav").glob("*.npz"))
-    assert [f.name for f in files][:2] == ["drop-a_seed0.npz", "drop-a_seed1.npz"]
-    masks, meta = read_masks(run / MASK_DIR / "test-only" / "tav" / "rate0.30_seed1.npz")
+def test_mask_condition_writes_masks_once_and_reuses_them(tiny: MercDataset, tmp_path) -> None:
+    cond = Condition("rate", 0.3)
+    tiny = dataclasses.replace(tiny, splits={"test": list(tiny.splits["test"])})  # as the train-complete sweep
+    first = mask_condition(tiny, cond, 1, "test-only", tmp_path / MASK_DIR)
+    path = tmp_path / MASK_DIR / "test-only" / "tav" / "rate0.30_seed1.npz"
+    masks, meta = read_masks(path)
     assert set(masks) == {c.id for c in tiny.splits["test"]} and meta["condition"] == "rate=0.30"
-    again = robustness_from_run(run, rates=(0.3,), drops=(), mask_seeds=(0, 1), dataset=tiny)
-    assert again["conditions"][0]["metrics"] == by_name["rate=0.30"]["metrics"]
+    stamp = path.stat().st_mtime_ns
+    again = mask_condition(tiny, cond, 1, "test-only", tmp_path / MASK_DIR)
+    assert path.stat().st_mtime_ns == stamp
+    assert realized_missing_rate(again, "test") == realized_missing_rate(first, "test") > 0
+    # Without a folder the masks are drawn, not stored; a drop removes the modality everywhere.
+    dropped = mask_condition(tiny, Condition("drop", "a"), 0, "test-only")
+    assert realized_missing_rate(dropped, "test") == pytest.approx(1 / 3)
 
 
-def test_train_complete_imputations(trained_run, tiny: MercDataset) -> None:
-    """MeanImp fills the raw training mean, which z-scoring maps to merc's default 0."""
-    run, _ = trained_run
-    reps = {m: robustness_from_run(run, rates=(0.5,), drops=(), mask_seeds=(0,), imputation=m, dataset=tiny,
-                                   mask_dir=run.parent / "other_masks") for m in ("none", "mean", "zero")}
-    assert reps["mean"]["imputation"] == "mean" and len(reps["mean"]["conditions"][0]["runs"]) == 2
-    f1 = {m: r["conditions"][0]["metrics"]["weighted_f1"]["per_seed"] for m, r in reps.items()}
-    np.testing.assert_allclose(f1["mean"], f1["none"], atol=1e-6)
-    assert all(np.isfinite(f1["zero"]))
+def test_condition_entry_aggregates_training_x_mask_seeds() -> None:
+    rep = fake_report()
+    by_name = {c["name"]: c for c in rep["conditions"]}
+    assert list(by_name) == ["rate=0.00", "rate=0.50", "rate=0.70", "drop=a", "drop=tv"]
+    assert len(by_name["rate=0.00"]["runs"]) == 2  # rate 0: one mask-free evaluation per training seed
+    assert len(by_name["rate=0.50"]["runs"]) == 4  # 2 training seeds x 2 mask seeds
+    assert by_name["rate=0.70"]["effective_rate"] == pytest.approx(2 / 3)
+    assert "effective_rate" not in by_name["drop=a"]
+    np.testing.assert_allclose(by_name["rate=0.50"]["metrics"]["weighted_f1"]["per_seed"], [50, 51, 51, 52])
+    assert by_name["rate=0.50"]["metrics"]["weighted_f1"]["mean"] == pytest.approx(51.0)
+    assert set(rep) == {"protocol", "model", "source", "dataset", "modalities", "imputation", "train_seeds",
+                        "mask_seeds", "skipped", "conditions"}
 
 
-def test_retrain_protocol_masks_every_split(tiny: MercDataset, tmp_path) -> None:
-    rep = robustness_by_retraining("micga", tiny, "tav", tmp_path, rates=(0.0, 0.5), drops=("v",), seeds=(0,),
-                                   overrides=["training.epochs=1", *SMALL])
-    assert [c["name"] for c in rep["conditions"]] == ["rate=0.00", "rate=0.50", "drop=v"]
-    assert (tmp_path / "micga" / "rate0.50" / "mask_0" / "results.json").is_file()
-    masks, _ = read_masks(tmp_path / MASK_DIR / "same-rate" / "tav" / "rate0.50_seed0.npz")
-    train_ids = {c.id for c in tiny.splits["train"]}
-    train = np.concatenate([masks[i] for i in train_ids])
-    assert 0.3 < 1 - train.mean() < 0.7  # the training split is masked too
-    assert rep["protocol"] == "retrain" and rep["conditions"][1]["runs"][0]["train_seed"] == 0
-
-
-def test_report_files(trained_run, tiny: MercDataset, tmp_path) -> None:
-    run, _ = trained_run
-    a = robustness_from_run(run, rates=(0.0, 0.5), drops=("a",), mask_seeds=(0,), dataset=tiny)
-    b = dict(a, model="other")
+def test_report_files(tmp_path) -> None:
+    a, b = fake_report(), fake_report("other", offset=5.0)
     paths = write_robustness_report([a, b], tmp_path)
     data = json.loads(paths["json"].read_text())
     assert data["metric"] == "weighted_f1" and [r["model"] for r in data["reports"]] == ["micga", "other"]
     md = paths["markdown"].read_text()
-    assert "| micga |" in md and "| other |" in md and "0.50" in md and "average" in md
+    assert "| micga |" in md and "| other |" in md and "0.50" in md and "average" in md and "tv" in md
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert load_robustness_reports(tmp_path) == data["reports"]
     with pytest.raises(ConfigError, match="unknown metric"):
         write_robustness_report([a], tmp_path, metric="auc")
 
 
-def test_cli_entry(tmp_path) -> None:
-    run = tmp_path / "run"
-    run_experiment("micga", "synthetic", "tav", seeds=(0,), out_dir=run,
-                   overrides=["training.epochs=1", *SMALL], show_progress=False)
-    parser = add_robustness_arguments(argparse.ArgumentParser())
-    args = parser.parse_args([str(run), "--rates", "0,0.4", "--drops", "v", "--mask-seeds", "0"])
-    assert robustness_main(args) == 0
-    report = json.loads((run / "robustness.json").read_text())
-    assert [c["name"] for c in report["reports"][0]["conditions"]] == ["rate=0.00", "rate=0.40", "drop=v"]
-    assert (run / "robustness.md").is_file() and (run / "robustness.png").is_file()
-    with pytest.raises(ConfigError, match="give one of"):
-        robustness_main(parser.parse_args([str(run), "--model", "micga"]))
-    with pytest.raises(ConfigError, match="--dataset and --out"):
-        robustness_main(parser.parse_args(["--model", "micga"]))
-    # Earlier sweeps combine into one table; an imputed sweep is labelled by its imputation.
-    zero = tmp_path / "zero"
-    assert robustness_main(parser.parse_args([str(run), "--rates", "0.4", "--drops", "none", "--mask-seeds", "0",
-                                              "--imputation", "zero", "--out", str(zero)])) == 0
-    merged = tmp_path / "merged"
-    assert robustness_main(parser.parse_args(["--merge", str(run / "robustness.json"), str(zero),
-                                              "--out", str(merged)])) == 0
-    md = (merged / "robustness.md").read_text()
+def test_merge_is_reporting_only(tmp_path) -> None:
+    write_robustness_report([fake_report()], tmp_path / "none")
+    write_robustness_report([fake_report(imputation="zero")], tmp_path / "zero")
+    paths = merge_robustness_reports([tmp_path / "none" / "robustness.json", tmp_path / "zero"], tmp_path / "merged")
+    md = paths["markdown"].read_text()
+    assert md == robustness_markdown([fake_report(), fake_report(imputation="zero")])
     assert "| micga |" in md and "| micga + zero imputation |" in md
-    with pytest.raises(ConfigError, match="--merge needs --out"):
-        robustness_main(parser.parse_args(["--merge", str(zero)]))
     with pytest.raises(DataError, match="not a robustness.json"):
-        robustness_main(parser.parse_args(["--merge", str(tmp_path), "--out", str(merged)]))
+        merge_robustness_reports([tmp_path], tmp_path / "merged")

@@ -10,7 +10,7 @@ import torch
 
 import merc.models.corect as corect_module
 from helpers import DIMS, make_batch
-from merc.config import load_yaml
+from merc.config import load_recipe
 from merc.errors import ConfigError, DataError
 from merc.models import build_model
 from merc.models.corect import CORECT
@@ -75,7 +75,7 @@ def test_single_modality_has_no_pcm_and_no_cross_modal_relations() -> None:
 
 def test_branch_switches_change_the_parameter_set_and_fused_size() -> None:
     full = _corect()
-    assert {"encoders", "speaker_embedding", "rtgcn", "pcm", "classifier"} == _param_prefixes(full)
+    assert {"encoders", "speaker_embedding", "rtgcn", "pcm", "classifier", "unimodal_classifiers"} == _param_prefixes(full)
     assert full.fused_size == 3 * 7 * 100 + 3 * 2 * 100
     no_gnn = _corect(use_rtgcn=False)
     assert "rtgcn" not in _param_prefixes(no_gnn) and no_gnn.fused_size == 3 * 2 * 100
@@ -108,9 +108,9 @@ def _perturbation_reach(model: CORECT, position: int, length: int = 7) -> list[b
 
 def test_without_context_relations_utterances_are_independent() -> None:
     # FC text encoder, no P-CM, no temporal edges: nothing connects two utterances.
-    isolated = _corect(use_temporal_relations=False, use_pcm=False, text_encoder_layers=0)
+    isolated = _corect(use_temporal_relations=False, use_pcm=False, encoders={"t": "fc"})
     assert _perturbation_reach(isolated, 3) == [False, False, False, True, False, False, False]
-    temporal = _corect(use_pcm=False, text_encoder_layers=0)
+    temporal = _corect(use_pcm=False, encoders={"t": "fc"})
     assert sum(_perturbation_reach(temporal, 3)) > 1
 
 
@@ -118,7 +118,7 @@ def test_temporal_edge_direction() -> None:
     # Window [1, 1]: each owner links only its previous utterance (no future: F - 1 = 0).
     # Two hops (RGCN, Graph Transformer). Reference direction: edges leave the owner,
     # so utterance 3 reaches its predecessors 2 and 1; "target" reverses that.
-    common = dict(use_pcm=False, text_encoder_layers=0, past_window=1, future_window=1)
+    common = dict(use_pcm=False, encoders={"t": "fc"}, past_window=1, future_window=1)
     source = _corect(**common)
     assert _perturbation_reach(source, 3) == [False, True, True, True, False, False, False]
     target = _corect(window_owner="target", **common)
@@ -155,7 +155,7 @@ def test_precision_of_each_part_under_bf16_autocast(monkeypatch: pytest.MonkeyPa
     # bf16-mixed on CPU: text Transformer and Graph Transformer in bfloat16, the ragged
     # rest (RGCN, P-CM, classifier) in float32 (merc.models.layers.precision).
     batch, _ = make_batch((5, 2, 7), "tav")
-    model = _corect("tav", text_encoder_heads=2).train()
+    model = _corect("tav", transformer_heads=2).train()
     seen: dict[str, torch.dtype] = {}
 
     def record(name: str):
@@ -201,7 +201,7 @@ def test_bad_arguments_are_clear_errors() -> None:
 
 @pytest.mark.parametrize("recipe", ["default", "iemocap6", "iemocap4-cogmen", "meld7"])
 def test_recipes_build(recipe: str) -> None:
-    data = load_yaml(CONFIGS / f"{recipe}.yaml")
+    data = load_recipe("corect", recipe)  # the dataset's file over default.yaml
     TrainConfig.from_dict(data["training"])
     model = _corect(**data["model"])
     assert model.past_window == (5 if recipe == "meld7" else 11)
@@ -240,5 +240,5 @@ def test_text_encoder_keeps_pytorch_layout_and_function() -> None:
     x = batch.features["t"]
     with torch.no_grad():
         padded = enc.out(enc.encoder(x, src_key_padding_mask=~batch.mask))
-        packed = enc(batch.flatten(x), batch.flat_index, ~batch.mask)
+        packed = enc(x, batch)
     torch.testing.assert_close(packed, batch.flatten(padded), rtol=1e-5, atol=1e-5)

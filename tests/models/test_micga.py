@@ -72,9 +72,9 @@ def test_reconstruction_loss_switch() -> None:
     batch = collate(to_tensors(_masked())["train"], ("t", "a", "v"))
     for kind in ("kl", "mse"):
         aux = _model(reconstruction_loss=kind).train()(batch).aux_losses
-        assert set(aux) == {"reconstruction"} and float(aux["reconstruction"].detach()) > 0
-    assert _model(reconstruction_loss="none").train()(batch).aux_losses == {}
-    assert _model(reconstruction_weight=0.0).train()(batch).aux_losses == {}
+        assert set(aux) == {"reconstruction", "unimodal_probe"} and float(aux["reconstruction"].detach()) > 0
+    assert set(_model(reconstruction_loss="none").train()(batch).aux_losses) == {"unimodal_probe"}
+    assert set(_model(reconstruction_weight=0.0).train()(batch).aux_losses) == {"unimodal_probe"}
     assert _model().eval()(batch).aux_losses == {}  # evaluation adds nothing to the loss
     with pytest.raises(ConfigError, match="reconstruction loss"):
         _model(reconstruction_loss="l1")

@@ -7,6 +7,7 @@ overfitting run that catches wiring mistakes shape tests miss.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -15,7 +16,7 @@ import torch
 from helpers import DIMS, make_batch, make_dataset
 from merc.data.batching import collate, to_tensors
 from merc.data.missing import apply_missing
-from merc.models import build_model, list_models
+from merc.models import build_model, get_model_class, list_models
 from merc.models.output import ModelOutput
 from merc.training.trainer import TrainConfig, Trainer
 
@@ -119,3 +120,121 @@ def test_overfits_a_tiny_set(name: str) -> None:
                       TrainConfig(epochs=60, lr=0.003, batch_size=5, patience=0, show_progress=False, clip_grad_norm=5.0))
     trainer.fit()
     assert trainer.evaluate(trainer.train_items)["accuracy"] >= 95.0
+
+
+# -- the modality contract: encode each modality, then fuse ---------------------------------
+PER_MODALITY = [n for n in MODELS if not get_model_class(n).fuses_early]
+EARLY = [n for n in MODELS if get_model_class(n).fuses_early]
+
+
+@pytest.mark.parametrize("name", PER_MODALITY)
+def test_modality_parameter_groups_are_disjoint_and_cover_the_encoders(name: str) -> None:
+    model = _build(name, "tav")
+    groups = model.modality_parameters()
+    assert set(groups) == {"t", "a", "v"}
+    ids = {m: {id(p) for p in ps} for m, ps in groups.items()}
+    for a, b in itertools.combinations(ids, 2):
+        assert not ids[a] & ids[b], f"{a} and {b} share parameters"
+    for m in "tav":
+        encoder = {id(p) for p in model.encoders[m].parameters()}
+        assert encoder and encoder <= ids[m]
+        assert {id(p) for p in model.unimodal_classifiers[m].parameters()} <= ids[m]
+    # Nothing outside the encoders and unimodal heads is in a group.
+    named = dict(model.named_parameters())
+    grouped = set().union(*ids.values())
+    assert all(n.startswith(("encoders.", "unimodal_classifiers.")) for n, p in named.items() if id(p) in grouped)
+
+
+@pytest.mark.parametrize("name", PER_MODALITY)
+def test_each_code_depends_only_on_its_own_modality(name: str) -> None:
+    batch, _ = make_batch((1, 7, 3), "tav")
+    model = _build(name, "tav").eval()
+    with torch.no_grad():
+        codes = model.encode(model.apply_availability(batch))
+        for m in "tav":
+            features = dict(batch.features)
+            features[m] = features[m] + 3.0 * torch.randn_like(features[m])
+            moved = model.encode(model.apply_availability(dataclasses.replace(batch, features=features)))
+            for other in "tav":
+                assert moved[other].shape == (11, model.code_dims[other])
+                if other == m:
+                    assert not torch.allclose(moved[other], codes[other]), f"{m}'s code ignores {m}"
+                else:
+                    torch.testing.assert_close(moved[other], codes[other], msg=f"{other}'s code moved with {m}")
+
+
+@pytest.mark.parametrize("name", PER_MODALITY)
+def test_unimodal_logits_and_features_for_every_per_modality_model(name: str) -> None:
+    batch, _ = make_batch((1, 7, 3), "tav")
+    model = _build(name, "tav").train()
+    out = model(batch)
+    assert set(out.unimodal_logits) == set(out.unimodal_features) == {"t", "a", "v"}
+    for m in "tav":
+        assert out.unimodal_logits[m].shape == (11, NUM_CLASSES)
+        assert out.unimodal_features[m].shape == (11, model.code_dims[m])
+    # The heads are trained: a unimodal loss term (a probe on detached codes unless the paper
+    # lets it flow into the encoders).
+    assert {"unimodal_probe", "unimodal_ce"} & set(out.aux_losses)
+    off = build_model(name, in_dims=DIMS, num_classes=NUM_CLASSES, num_speakers=2, num_parties=2,
+                      unimodal_heads=False).train()
+    assert off(batch).unimodal_logits == {}
+
+
+@pytest.mark.parametrize("name", PER_MODALITY)
+def test_a_before_fuse_hook_changes_the_fusion_only(name: str) -> None:
+    batch, _ = make_batch((1, 7, 3), "tav")
+    model = _build(name, "tav").eval()
+    with torch.no_grad():
+        plain = model(batch)
+        seen: list[set[str]] = []
+
+        def drop_text(b, codes):
+            seen.append(set(codes))
+            return {m: torch.zeros_like(c) if m == "t" else c for m, c in codes.items()}
+
+        with model.before_fuse(drop_text):
+            dropped = model(batch)
+        after = model(batch)
+    assert seen == [{"t", "a", "v"}]
+    assert not torch.allclose(plain.logits, dropped.logits)
+    torch.testing.assert_close(after.logits, plain.logits)  # removed again
+    torch.testing.assert_close(dropped.unimodal_logits["t"], plain.unimodal_logits["t"])
+
+
+@pytest.mark.parametrize("name", EARLY)
+def test_early_fusion_models_refuse_per_modality_plugins(name: str) -> None:
+    from merc.errors import ConfigError
+    from merc.training.plugins.base import TrainerPlugin
+
+    class NeedsModalities(TrainerPlugin):
+        name = "needs-modalities"
+        needs_per_modality = True
+
+    model = _build(name, "tav")
+    with pytest.raises(ConfigError, match="fuses the modalities"):
+        model.modality_parameters()
+    with pytest.raises(ConfigError, match="fuses the modalities"):
+        model.register_before_fuse(lambda b, c: c)
+    ds = make_dataset((3, 4), "tav")
+    with pytest.raises(ConfigError, match="needs-modalities"):
+        Trainer(model, to_tensors(ds), ds.modalities, ds.num_classes, TrainConfig(show_progress=False),
+                plugins=[NeedsModalities()])
+    batch, _ = make_batch((1, 7, 3), "tav")
+    assert model.train()(batch).unimodal_logits == {}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_too_many_parties_is_an_error_never_clamped(name: str) -> None:
+    from merc.errors import DataError
+
+    model = _build(name, "tav")
+    if model.max_parties is None and name != "corect":
+        pytest.skip(f"{name} has no per-party parameters")
+    batch, _ = make_batch((1, 7, 3), "tav")
+    parties = batch.parties.clone()
+    parties[1, :3] = torch.tensor([0, 1, 2])  # a third speaker in a model built for two
+    speakers = batch.speakers.clone()
+    speakers[1, 2] = 2
+    bad = dataclasses.replace(batch, parties=parties, speakers=speakers)
+    with pytest.raises(DataError, match="speaker"):
+        model(bad)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from helpers import DIMS, make_dataset
-from merc.config import load_yaml
+from merc.config import load_recipe, load_yaml
 from merc.data.batching import collate, to_tensors
 from merc.models import build_model
 from merc.models.layers.dag import DAGLayer
@@ -117,16 +117,16 @@ def test_dot_attention_variant_builds_and_runs() -> None:
 
 @pytest.mark.parametrize("recipe", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
 def test_recipes_build(recipe: Path) -> None:
-    cfg = load_yaml(recipe)
-    assert "curriculum" not in cfg  # off by default; switched on from the command line
+    assert "curriculum" not in load_yaml(recipe)  # off by default; switched on from the command line
+    cfg = load_recipe("multidag", recipe.stem)  # the dataset's file over default.yaml
     TrainConfig.from_dict(cfg["training"])
     model = build_model("multidag", in_dims={"t": 12, "a": 6, "v": 8}, num_classes=6, **cfg["model"])
     assert isinstance(model, MultiDAG)
 
 
 def test_recipes_hold_the_papers_values() -> None:
-    iemocap = load_yaml(CONFIGS / "iemocap6.yaml")
-    meld = load_yaml(CONFIGS / "meld7.yaml")
+    iemocap = load_recipe("multidag", "iemocap6")
+    meld = load_recipe("multidag", "meld7")
     assert iemocap["training"]["lr"] == 0.0005 and iemocap["training"]["epochs"] == 30
     assert iemocap["model"]["dropout"] == 0.4 and iemocap["model"]["num_layers"] == 4
     assert meld["training"]["lr"] == 0.00001 and meld["training"]["epochs"] == 60

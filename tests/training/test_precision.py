@@ -22,7 +22,7 @@ def _trainer(precision: str = "32", run_dir=None, epochs: int = 3, plugins=()) -
     ds = make_dataset((5, 7, 3, 6, 4, 8), "t", seed=4, separable=True)
     torch.manual_seed(0)
     model = build_model("corect", in_dims=ds.dims, num_classes=ds.num_classes, hidden_size=8,
-                        gnn_heads=2, text_encoder_heads=2, text_ffn_size=16)
+                        gnn_heads=2, transformer_heads=2, transformer_ffn_size=16)
     cfg = TrainConfig(epochs=epochs, batch_size=2, lr=0.01, patience=0, show_progress=False, precision=precision)
     return Trainer(model, to_tensors(ds), ds.modalities, ds.num_classes, cfg, plugins=list(plugins), run_dir=run_dir)
 

@@ -107,21 +107,106 @@ def test_hooks_order_and_dialogue_selection() -> None:
     assert rec.grad_seen_before_step
 
 
-class _HalfWeights(TrainerPlugin):
-    name = "half"
+class _ZeroWeights(TrainerPlugin):
+    name = "zero"
 
-    def compute_loss(self, trainer, batch, output, utterance_loss):
+    def utterance_weights(self, trainer, batch, output, utterance_loss):
         self.n = utterance_loss.shape[0]
-        return 0.0 * utterance_loss.sum()
+        return torch.zeros_like(utterance_loss)
 
 
-def test_compute_loss_hook_replaces_reduction() -> None:
-    plugin = _HalfWeights()
+def test_utterance_weights_hook_weights_the_classification_loss() -> None:
+    plugin = _ZeroWeights()
     tr = _trainer(epochs=1, plugins=[plugin])
     before = {k: v.clone() for k, v in tr.model.state_dict().items()}
     tr.model.unimodal_loss_weight = 0.0
+    tr.model.use_unimodal_heads = False  # no probe loss either
     tr.train_epoch()
     assert plugin.n > 0
+    assert tr.last_loss_terms == {"classification": 0.0}
     # Zero loss and no aux loss: Adam with zero gradients leaves the weights unchanged.
     for k, v in tr.model.state_dict().items():
         torch.testing.assert_close(v, before[k])
+
+
+class _Weights(TrainerPlugin):
+    def __init__(self, name: str, value: float) -> None:
+        self.name, self.value = name, value
+
+    def utterance_weights(self, trainer, batch, output, utterance_loss):
+        return torch.full_like(utterance_loss, self.value)
+
+
+class _Term(TrainerPlugin):
+    def __init__(self, name: str, term: str, value: float) -> None:
+        self.name, self.term, self.value = name, term, value
+
+    def loss_terms(self, trainer, batch, output):
+        return {self.term: output.logits.sum() * 0 + self.value}
+
+
+def test_plugins_compose_weights_multiply_and_terms_add_under_their_names() -> None:
+    from merc.data.batching import collate
+
+    plain = _trainer(epochs=1)
+    both = _trainer(epochs=1, plugins=[_Weights("a", 0.5), _Weights("b", 3.0), _Term("c", "extra", 2.0),
+                                       _Term("d", "more", 0.25)])
+    both.model.load_state_dict(plain.model.state_dict())
+    batch = collate(plain.train_items, plain.modalities)
+    plain.model.eval(), both.model.eval()
+    out = plain.model(batch)
+    base = plain.loss_terms(batch, out)
+    terms = both.loss_terms(batch, both.model(batch))
+    assert set(terms) == set(base) | {"extra", "more"}
+    torch.testing.assert_close(terms["classification"], 1.5 * base["classification"])
+    assert float(terms["extra"]) == 2.0 and float(terms["more"]) == 0.25
+    both.model.train()
+    both.train_epoch()
+    assert {"classification", "extra", "more"} <= set(both.last_loss_terms)
+    assert both.last_loss_terms["extra"] == pytest.approx(2.0)
+
+
+def test_two_loss_terms_with_one_name_are_an_error() -> None:
+    from merc.data.batching import collate
+    from merc.errors import ConfigError
+
+    tr = _trainer(epochs=1, plugins=[_Term("c", "extra", 1.0), _Term("d", "extra", 2.0)])
+    batch = collate(tr.train_items, tr.modalities)
+    with pytest.raises(ConfigError, match="extra"):
+        tr.loss_terms(batch, tr.model(batch))
+
+
+def test_history_records_each_loss_term() -> None:
+    tr = _trainer(epochs=2)
+    tr.fit()
+    terms = tr.history[-1]["train_loss_terms"]
+    assert "classification" in terms and all(isinstance(v, float) for v in terms.values())
+    assert tr.history[-1]["train_loss"] == pytest.approx(sum(terms.values()), rel=1e-5)
+
+
+class _ZeroText(TrainerPlugin):
+    name = "zero-text"
+    needs_per_modality = True
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def before_fuse(self, trainer, batch, codes):
+        self.calls += 1
+        return {m: (c * 0 if m == "t" else c) for m, c in codes.items()}
+
+
+def test_before_fuse_hook_changes_what_is_fused_not_the_codes() -> None:
+    from merc.data.batching import collate
+
+    plugin = _ZeroText()
+    plain = _trainer(epochs=1)
+    hooked = _trainer(epochs=1, plugins=[plugin])
+    hooked.model.load_state_dict(plain.model.state_dict())
+    plain.model.eval(), hooked.model.eval()
+    batch = collate(plain.train_items, plain.modalities)
+    a, b = plain.model(batch), hooked.model(batch)
+    assert plugin.calls == 1
+    assert not torch.allclose(a.logits, b.logits)
+    # Unimodal outputs come from the codes before the hook.
+    torch.testing.assert_close(a.unimodal_logits["t"], b.unimodal_logits["t"])

@@ -88,6 +88,9 @@ class Batch:
             grid; model outputs are ``[N, ...]`` in this order.
         utterance_dialogue: ``long [N]`` batch row (dialogue) of each utterance.
         utterance_position: ``long [N]`` position of each utterance in its dialogue.
+        complete: The batch before a model hid available entries from itself in training
+            (``train_mask_rate``, :meth:`merc.models.base.MercModel.apply_availability`),
+            so that it can reconstruct what it did not see; ``None`` otherwise.
     """
 
     features: dict[str, Tensor]
@@ -102,6 +105,7 @@ class Batch:
     flat_index: Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
     utterance_dialogue: Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
     utterance_position: Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
+    complete: Batch | None = None
 
     @property
     def batch_size(self) -> int:
@@ -142,6 +146,8 @@ class Batch:
                 moved[f.name] = v.to(device, non_blocking=True)
             elif isinstance(v, dict):
                 moved[f.name] = {k: t.to(device, non_blocking=True) for k, t in v.items()}
+            elif isinstance(v, Batch):
+                moved[f.name] = v.to(device)
             else:
                 moved[f.name] = v
         return Batch(**moved)

@@ -85,12 +85,18 @@ def _load_iemocap6_conversations(root: Path) -> list[Conversation]:
     return convs
 
 
+#: MultiDAG+CL Table 4: the best number of curriculum buckets per corpus.
+IEMOCAP_RECIPE_DEFAULTS = {"curriculum": {"buckets": 5}}
+MELD_RECIPE_DEFAULTS = {"curriculum": {"buckets": 12}}
+
+
 @register_dataset(
     "iemocap6",
     "IEMOCAP 6-way (hap, sad, neu, ang, exc, fru): 151 dyadic dialogues, 7,433 utterances; "
     "COSMIC split 108/12/31 dialogues (Session 5 = test). Text from the real transcripts; "
     "no audio/visual features are distributed here.",
     modalities="t",
+    recipe_defaults=IEMOCAP_RECIPE_DEFAULTS,
 )
 def load_iemocap6(data_root: Path) -> MercDataset:
     convs = _load_iemocap6_conversations(data_root)
@@ -102,6 +108,7 @@ def load_iemocap6(data_root: Path) -> MercDataset:
     "IEMOCAP 4-way as in COGMEN/CORECT: only the hap, sad, neu, ang utterances of the 6-way "
     "labels are kept (exc and fru dropped): 4,543 utterances, 943 test; COSMIC split.",
     modalities="t",
+    recipe_defaults=IEMOCAP_RECIPE_DEFAULTS,
 )
 def load_iemocap4_cogmen(data_root: Path) -> MercDataset:
     convs = []
@@ -119,6 +126,7 @@ def load_iemocap4_cogmen(data_root: Path) -> MercDataset:
     "IEMOCAP 4-class protocol: happy+excited merged, frustrated removed; 5,531 utterances "
     "(4,290 train+valid / 1,241 test), validation = the 12 COSMIC validation dialogues.",
     modalities="t",
+    recipe_defaults=IEMOCAP_RECIPE_DEFAULTS,
 )
 def load_iemocap4(data_root: Path) -> MercDataset:
     _, split_of = _iemocap_cosmic(data_root)
@@ -182,6 +190,7 @@ def _load_meld(data_root: Path, name: str, label_column: str, label_names: list[
     "dialogues from Friends, 13,708 utterances, official train/dev/test csv with real speaker "
     "names. Text from the real transcripts; no audio/visual features are distributed here.",
     modalities="t",
+    recipe_defaults=MELD_RECIPE_DEFAULTS,
 )
 def load_meld7(data_root: Path) -> MercDataset:
     return _load_meld(data_root, "meld7", "Emotion", MELD7_LABELS)
@@ -191,6 +200,7 @@ def load_meld7(data_root: Path) -> MercDataset:
     "meld3",
     "MELD sentiment (neutral, positive, negative) of the same dialogues as meld7.",
     modalities="t",
+    recipe_defaults=MELD_RECIPE_DEFAULTS,
 )
 def load_meld3(data_root: Path) -> MercDataset:
     return _load_meld(data_root, "meld3", "Sentiment", MELD3_LABELS)

@@ -14,9 +14,10 @@ Two graphs:
   Section 3.2.1, eq. 5-6): one node per utterance per modality, cross-modal relations
   between the nodes of one utterance and past/future temporal relations within one
   modality.
-- :func:`build_dag`: DAG-ERC's directed acyclic graph (Shen et al., ACL 2021), also the
-  graph of MultiDAG+CL: every utterance receives edges from its predecessors back to
-  the most recent earlier utterance(s) of its own speaker.
+- :func:`dag_adjacency`: DAG-ERC's directed acyclic graph (Shen et al., ACL 2021), also
+  the graph of MultiDAG+CL: every utterance receives edges from its predecessors back to
+  the most recent earlier utterance(s) of its own speaker, as dense per-dialogue masks
+  (the layout :class:`merc.models.layers.dag.DAGLayer` walks).
 
 Edges follow PyTorch Geometric's convention: ``edge_index[0]`` is the source,
 ``edge_index[1]`` the target, and with the default ``flow="source_to_target"`` a
@@ -34,7 +35,7 @@ from torch import Tensor
 
 from merc.data.batching import Batch
 from merc.data.schema import MODALITIES, parse_modalities
-from merc.errors import ConfigError, resolve_choice
+from merc.errors import ConfigError, DataError, resolve_choice
 
 #: Number of CORECT relation types: ``3 * 3`` cross-modal (incl. self) + ``2 * 3`` temporal.
 CORECT_NUM_RELATIONS: int = len(MODALITIES) ** 2 + 2 * len(MODALITIES)
@@ -275,86 +276,62 @@ def build_corect_graph(
     )
 
 
-class DagGraph(NamedTuple):
-    """DAG-ERC's utterance graph of a batch (see :func:`build_dag`).
+def dag_adjacency(lengths: Tensor, parties: Tensor, speaker_window: int = 1) -> tuple[Tensor, Tensor]:
+    """Dense DAG predecessor masks of a padded batch of dialogues (DAG-ERC's graph).
 
-    Attributes:
-        edge_index: ``long [2, E]``, ``[0]`` = earlier utterance (source), ``[1]`` = later
-            utterance (target), flat utterance indices; sorted by target, then source.
-        edge_relation: ``long [E]``, 1 if both utterances have the same speaker, else 0.
-    """
+    Utterance ``i`` receives an edge from every earlier utterance ``j < i`` back to, and
+    including, the ``speaker_window``-th most recent earlier utterance of its own speaker
+    (DAG-ERC's graph construction, ``get_adj_v1`` with ``windowp`` in its code). A speaker's first utterance (fewer than
+    ``speaker_window`` earlier ones of its own) is linked to every earlier utterance. With
+    ``speaker_window=1`` in a dyadic dialogue ``A B B A`` the last ``A`` receives edges from
+    both ``B`` and the first ``A``.
 
-    edge_index: Tensor
-    edge_relation: Tensor
-
-
-def build_dag(lengths: Tensor, speakers: Tensor, max_same_speaker_turns: int | None = 1) -> DagGraph:
-    """DAG-ERC's directed acyclic conversation graph for a whole batch.
-
-    Shen, Wu, Yang, Quan. "Directed Acyclic Graph Network for Conversational Emotion
-    Recognition." ACL 2021, Section 3.2 (and the ``get_adj_v1`` rule of the authors'
-    code, ``--windowp``, default 1): utterance ``i`` receives an edge from each
-    predecessor ``j < i``, walking back from ``i - 1``, up to and including the
-    ``max_same_speaker_turns``-th earlier utterance of ``i``'s own speaker; if the
-    speaker spoke fewer times before, from all predecessors. Formally ``j -> i`` iff
-    ``j < i`` and fewer than ``max_same_speaker_turns`` utterances strictly between
-    ``j`` and ``i`` share ``i``'s speaker. The first utterance of a dialogue has no
-    incoming edge. ``edge_relation`` is 1 for same-speaker edges, 0 otherwise.
-
-    Built from one ``[B, T, T]`` comparison (dialogues are short: ``T`` <= ~110 on
-    IEMOCAP), with no loop over dialogues or utterances.
+    Vectorised: ``j`` is a predecessor of ``i`` iff ``j < i`` and fewer than
+    ``speaker_window`` utterances of ``i``'s speaker lie strictly between ``j`` and ``i``.
 
     Args:
-        lengths: ``long [B]`` utterances per dialogue (each >= 1).
-        speakers: ``long [B, T]`` speaker ids, any ids consistent within a dialogue
-            (:attr:`Batch.parties` or :attr:`Batch.speakers`); padding is ignored.
-        max_same_speaker_turns: Same-speaker turns looked back (DAG-ERC's ``windowp``,
-            default 1); ``None`` links every predecessor.
+        lengths: ``long [B]`` utterances per dialogue.
+        parties: ``long [B, T]`` per-dialogue speaker index (padding values are ignored).
+        speaker_window: How many of the speaker's own previous turns the edges reach back
+            to. Default 1 (DAG-ERC and MultiDAG+CL code, ``--windowp 1``).
 
     Returns:
-        A :class:`DagGraph`; node ids are flat utterance indices (``Batch.flat_index`` order).
+        ``(adj, same_speaker)``: ``adj[b, i, j]`` is true iff ``j`` is a DAG predecessor
+        of ``i``; ``same_speaker[b, i, j]`` is true iff both are real utterances of the
+        same speaker (the edge relation of eq. 4). Both false at padding.
 
     Shapes:
-        - ``edge_index``: ``[2, E]``; ``edge_relation``: ``[E]``
+        - input: ``lengths [B]``, ``parties [B, T]``
+        - output: ``bool [B, T, T]`` twice
 
-    >>> g = build_dag(torch.tensor([4]), torch.tensor([[0, 1, 1, 0]]))
-    >>> g.edge_index.tolist(), g.edge_relation.tolist()
-    ([[0, 1, 0, 1, 2], [1, 2, 3, 3, 3]], [0, 1, 1, 0, 0])
+    >>> adj, same = dag_adjacency(torch.tensor([4]), torch.tensor([[0, 1, 1, 0]]))
+    >>> adj[0].int().tolist()
+    [[0, 0, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0], [1, 1, 1, 0]]
     """
-    if max_same_speaker_turns is not None and max_same_speaker_turns < 1:
-        raise ConfigError(f"max_same_speaker_turns must be >= 1 or None, got {max_same_speaker_turns}")
-    lengths = _lengths_of(lengths)
-    if speakers.dim() != 2 or speakers.shape[0] != lengths.shape[0]:
-        raise ValueError(f"speakers must be [B, T] with B = {lengths.shape[0]}, got {tuple(speakers.shape)}")
-    if lengths.numel() and int(lengths.max()) > speakers.shape[1]:
-        raise ValueError(f"speakers has {speakers.shape[1]} columns, shorter than the longest dialogue")
-    steps = torch.arange(speakers.shape[1], device=speakers.device)
-    valid = steps[None, :] < lengths[:, None].to(speakers.device)  # [B, T]
-    # pair[b, i, j]: j is a real predecessor of the real utterance i.
-    pair = (steps[:, None] > steps[None, :])[None] & valid[:, :, None] & valid[:, None, :]
-    same = speakers[:, :, None] == speakers[:, None, :]
-    if max_same_speaker_turns is None:
-        edge = pair
-    else:
-        own = (same & pair).long()
-        # Same-speaker predecessors of i strictly after j: a right-to-left cumulative sum.
-        after = own.flip(-1).cumsum(-1).flip(-1) - own
-        edge = pair & (after < max_same_speaker_turns)
-    b, i, j = edge.nonzero(as_tuple=True)
-    offsets = (torch.cumsum(lengths, 0) - lengths).to(speakers.device)
-    return DagGraph(
-        edge_index=torch.stack([offsets[b] + j, offsets[b] + i]),
-        edge_relation=same[b, i, j].long(),
-    )
+    if speaker_window < 1:
+        raise ConfigError(f"speaker_window must be >= 1, got {speaker_window}")
+    b, t = parties.shape
+    device = parties.device
+    pos = torch.arange(t, device=device)
+    valid = pos[None, :] < lengths.to(device)[:, None]  # [B, T]
+    pair_valid = valid[:, :, None] & valid[:, None, :]
+    same = (parties[:, :, None] == parties[:, None, :]) & pair_valid  # [B, T(i), T(j)]
+    earlier = pos[None, :] < pos[:, None]  # [T(i), T(j)]: j < i
+    own_earlier = (same & earlier).to(torch.int32)
+    # own_between[b, i, j] = number of k with j < k < i spoken by i's speaker (reverse
+    # cumulative sum over k, minus k = j itself).
+    own_from = own_earlier.flip(-1).cumsum(-1).flip(-1)
+    own_between = own_from - own_earlier
+    adj = earlier & pair_valid & (own_between < speaker_window)
+    return adj, same
 
 
 __all__ = [
     "CORECT_NUM_RELATIONS",
     "CorectGraph",
-    "DagGraph",
     "UtteranceIndex",
     "build_corect_graph",
-    "build_dag",
+    "dag_adjacency",
     "corect_relation_names",
     "cross_modal_relation",
     "temporal_relation",
@@ -425,7 +402,8 @@ def window_edges(
 
     Args:
         mask: ``bool [B, T]`` real utterances.
-        parties: ``long [B, T]`` per-dialogue speaker index (clamped to ``num_parties - 1``).
+        parties: ``long [B, T]`` per-dialogue speaker index, below ``num_parties`` at real
+            utterances (a larger one is an error: clamping would merge speakers' relations).
         window_past: Past context (``-1`` = whole past).
         window_future: Future context (``-1`` = whole future).
         num_parties: Speakers per dialogue the relation set covers.
@@ -453,6 +431,10 @@ def window_edges(
     node = flat_node_ids(mask)
     edge_index = torch.stack([node[b * t + j], node[b * t + i]])
     temporal = torch.sign(j - i) + 1
-    p = parties.clamp(0, num_parties - 1)
-    speaker = p[b, i] * num_parties + p[b, j]
+    if bool((parties[mask] >= num_parties).any()):
+        raise DataError(
+            f"a dialogue has {int(parties[mask].max()) + 1} speakers but the speaker relations cover "
+            f"{num_parties} (num_parties); build the model with the dataset's num_parties"
+        )
+    speaker = parties[b, i] * num_parties + parties[b, j]
     return edge_index, temporal, speaker

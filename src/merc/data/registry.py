@@ -9,8 +9,8 @@ modalities and validates it. Label names, modalities and dims are read from the 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,9 @@ class DatasetSpec:
         needs_data_root: Whether the loader reads files under the data root.
         annotations_of: Another dataset with the same dialogues, speakers and labels;
             summaries (``merc datasets``) read that one instead of building features.
+        recipe_defaults: Values a recipe's plug-in sections take on this dataset unless
+            the recipe or the command line sets them, e.g. ``{"curriculum": {"buckets": 5}}``
+            (MultiDAG+CL Table 4's best bucket count for IEMOCAP).
     """
 
     name: str
@@ -44,6 +47,7 @@ class DatasetSpec:
     modalities: tuple[str, ...]
     needs_data_root: bool = True
     annotations_of: str | None = None
+    recipe_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 _DATASETS: dict[str, DatasetSpec] = {}
@@ -51,14 +55,15 @@ _DATASETS: dict[str, DatasetSpec] = {}
 
 def register_dataset(
     name: str, description: str, modalities: str = "t", needs_data_root: bool = True,
-    annotations_of: str | None = None,
+    annotations_of: str | None = None, recipe_defaults: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Callable[[Loader], Loader]:
-    """Decorator registering a loader under ``name``."""
+    """Decorator registering a loader under ``name`` (arguments: :class:`DatasetSpec`)."""
 
     def deco(fn: Loader) -> Loader:
         if name in _DATASETS:
             raise ValueError(f"dataset {name!r} registered twice")
-        _DATASETS[name] = DatasetSpec(name, fn, description, parse_modalities(modalities), needs_data_root, annotations_of)
+        _DATASETS[name] = DatasetSpec(name, fn, description, parse_modalities(modalities), needs_data_root,
+                                      annotations_of, dict(recipe_defaults or {}))
         return fn
 
     return deco
@@ -74,6 +79,13 @@ def get_dataset_spec(name: str) -> DatasetSpec:
     if name not in _DATASETS:
         raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(sorted(_DATASETS))} (see `merc datasets`)")
     return _DATASETS[name]
+
+
+def dataset_recipe_defaults(name: str) -> Mapping[str, Mapping[str, Any]]:
+    """:attr:`DatasetSpec.recipe_defaults` of a registered dataset; nothing for a user's path."""
+    if is_dataset_path(name):
+        return {}
+    return get_dataset_spec(name).recipe_defaults
 
 
 def _import_builtin_datasets() -> None:

@@ -743,7 +743,7 @@ def add_generated_av(
 
 
 @register_dataset("iemocap6-synthav", description=_SYNTHAV_DESCRIPTION, modalities="tav", needs_data_root=True,
-                  annotations_of="iemocap6")
+                  annotations_of="iemocap6", recipe_defaults={"curriculum": {"buckets": 5}})
 def load_iemocap6_synthav(
     data_root: str | os.PathLike[str] | None, seed: int = 0, text_reference_wf1: float | None = 67.26, **kwargs: Any
 ) -> MercDataset:

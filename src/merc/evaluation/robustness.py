@@ -1,28 +1,23 @@
-"""Robustness to missing modalities: the metric as a function of the missing rate.
+"""Robustness to missing modalities: conditions, masks and the report.
 
-Two protocols, both over the same conditions -- overall missing rates (Mi-CGA Table 3
-grid 0.0 .. 0.7, :func:`merc.data.missing.apply_missing`) and per-modality drops (a
-modality or a pair removed from every utterance, :func:`merc.data.missing.drop_modalities`):
-
-- **train-complete** (:func:`robustness_from_run`): a finished ``merc train`` run folder;
-  every seed's selected weights are reused and the *test* split is masked (train and
-  valid stay complete), for several mask seeds.
-- **retrain** (:func:`robustness_by_retraining`, the papers' protocol): for every
-  condition and mask seed, every split is masked at the same rate and the model is
-  trained from scratch with :func:`merc.training.runner.run_experiment`.
+The conditions are overall missing rates (Mi-CGA Table 3 grid 0.0 .. 0.7,
+:func:`merc.data.missing.apply_missing`) and per-modality drops (a modality or a pair
+removed from every utterance, :func:`merc.data.missing.drop_modalities`). This module
+evaluates and reports only; the sweeps that load trained weights or retrain
+(train-complete and retrain protocols, ``merc robustness``) are experiment drivers in
+:mod:`merc.training.robustness_sweep`, beside the runner.
 
 Masks depend only on (mask seed, condition, dialogue id), and every mask used is written
 to ``<out>/robustness_masks/`` and read back on later calls, so models evaluated into the
 same folder see identical masks. :func:`write_robustness_report` writes
 ``robustness.json``, ``robustness.md`` (Table 3-style: mean ± std per condition and the
 average over rates) and ``robustness.png`` (metric vs missing rate, one curve per model,
-error bars = std over training seeds x mask seeds; per-modality drops as grouped bars).
+error bars = std over training seeds x mask seeds; per-modality drops as grouped bars);
+:func:`merge_robustness_reports` combines earlier sweeps into one table and plot.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -33,26 +28,15 @@ from typing import Any
 
 import numpy as np
 
-from merc.config import load_yaml
-from merc.config import recipe_path as find_recipe
-from merc.data.missing import (
-    IMPUTATION_METHODS,
-    apply_missing,
-    check_rate,
-    drop_modalities,
-    impute,
-    load_masks,
-    realized_missing_rate,
-    save_masks,
-)
+from merc.data.missing import apply_missing, check_rate, drop_modalities, load_masks, save_masks
 from merc.data.schema import MercDataset, parse_modalities
-from merc.errors import ConfigError, DataError, resolve_choice
+from merc.errors import ConfigError, DataError
 from merc.evaluation.aggregate import aggregate_seeds
 from merc.evaluation.metrics import HEADLINE_METRICS
 from merc.evaluation.report import METRIC_TITLES
 
-# torch, the trainer and the models are imported inside the functions that use them: the
-# CLI builds this command's parser (add_robustness_arguments) for every `merc` call.
+# matplotlib is imported inside plot_robustness. Nothing here imports merc.training (or
+# merc.models): evaluation does not depend on training (tests/test_import_direction.py).
 log = logging.getLogger(__name__)
 
 #: Mi-CGA Table 3 / GCNet missing-rate grid.
@@ -139,7 +123,12 @@ def mask_condition(
     return masked
 
 
-def _condition_entry(condition: Condition, runs: list[dict[str, Any]], modalities: Sequence[str]) -> dict[str, Any]:
+def condition_entry(condition: Condition, runs: list[dict[str, Any]], modalities: Sequence[str]) -> dict[str, Any]:
+    """One condition of a report: its ``runs`` rows and their ``metrics`` aggregated over seeds.
+
+    Each row of ``runs`` holds ``train_seed``, ``mask_seed``, ``realized_rate`` and the
+    headline metrics; a rate also gets its ``effective_rate`` for ``modalities``.
+    """
     entry: dict[str, Any] = {"name": condition.name, "kind": condition.kind, "value": condition.value}
     if condition.kind == "rate":
         entry["effective_rate"] = check_rate(float(condition.value), len(modalities))
@@ -148,148 +137,30 @@ def _condition_entry(condition: Condition, runs: list[dict[str, Any]], modalitie
     return entry
 
 
-def _mask_seeds_for(condition: Condition, mask_seeds: Sequence[int]) -> list[int]:
-    # Rate 0 masks nothing: one evaluation stands for every mask seed.
+def mask_seeds_for(condition: Condition, mask_seeds: Sequence[int]) -> list[int]:
+    """The mask seeds to evaluate ``condition`` with: rate 0 masks nothing, so one stands for all.
+
+    >>> mask_seeds_for(Condition("rate", 0.0), [0, 1, 2]), mask_seeds_for(Condition("drop", "a"), [0, 1])
+    ([0], [0, 1])
+    """
     return [mask_seeds[0]] if condition.kind == "rate" and float(condition.value) == 0.0 else list(mask_seeds)
 
 
-def _headline(metrics: Mapping[str, Any]) -> dict[str, float]:
+def headline_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The :data:`~merc.evaluation.metrics.HEADLINE_METRICS` of ``metrics``, as floats."""
     return {k: float(metrics[k]) for k in HEADLINE_METRICS if k in metrics}
 
 
-# -- train-complete protocol -----------------------------------------------------------------
-def robustness_from_run(
-    run_dir: str | Path,
-    rates: Iterable[float] = DEFAULT_RATES,
-    drops: Iterable[str] = DEFAULT_DROPS,
-    mask_seeds: Sequence[int] = (0, 1, 2),
-    imputation: str = "none",
-    mask_dir: str | Path | None = None,
-    data_root: str | Path | None = None,
-    device: str = "cpu",
-    dataset: MercDataset | None = None,
+def model_report(
+    protocol: str, model: str, source: str, dataset: str, modalities: Sequence[str], imputation: str,
+    train_seeds: Sequence[int], mask_seeds: Sequence[int], skipped: Sequence[str],
+    conditions: Sequence[Mapping[str, Any]],
 ) -> dict[str, Any]:
-    """Evaluate a finished run's selected weights on a masked test split.
-
-    Args:
-        run_dir: A ``merc train`` run folder (``config.yaml``, ``seed_*/best.pt``).
-        rates: Overall missing rates of the test split.
-        drops: Modalities (or pairs) to remove from every test utterance.
-        mask_seeds: Mask seeds per condition (results aggregate training x mask seeds).
-        imputation: ``"none"`` (missing entries = training mean after z-scoring, merc's
-            default), ``"zero"`` (raw zero), ``"mean"`` (raw training mean) or
-            ``"neighbour"`` filling of the missing test features, in the raw feature space
-            before the run's standardisation (:func:`merc.data.missing.impute`).
-        mask_dir: Mask cache (default ``<run_dir>/robustness_masks``).
-        data_root: Folder with the real corpora.
-        device: Evaluation device.
-        dataset: The dataset the run was trained on, when it is not a registered name
-            (e.g. generated in a test); default: the run's ``data.dataset``.
-
-    Returns:
-        The model's report (see :func:`write_robustness_report`).
-    """
-    from merc.data.batching import to_tensors
-    from merc.data.transforms import feature_statistics, standardize_features
-    from merc.training.runner import prepare_dataset, selected_trainers, standardizes
-
-    run = Path(run_dir)
-    if not (run / "config.yaml").is_file():
-        raise ConfigError(f"{run} is not a merc run folder (no config.yaml); pass the --out of `merc train`")
-    imputation = resolve_choice("imputation method", imputation, list(IMPUTATION_METHODS))
-    recipe = load_yaml(run / "config.yaml")
-    info = recipe.get("data", {})
-    mods = parse_modalities(info["modalities"])
-    # Masks and imputation act on the raw features; the run's own transform (z-scoring
-    # with the complete training split's statistics) is applied afterwards.
-    raw_recipe = {**recipe, "data": {**info, "standardize": False}}
-    raw = prepare_dataset(dataset if dataset is not None else info["dataset"], mods, raw_recipe, data_root, False)
-    statistics = {m: feature_statistics(raw, m) for m in mods} if standardizes(recipe) else None
-    test_view = dataclasses.replace(raw, splits={"test": list(raw.splits["test"])})
-    conditions, skipped = make_conditions(mods, rates, drops)
-    mask_dir = Path(mask_dir) if mask_dir is not None else run / MASK_DIR
-
-    trainers = selected_trainers(run, recipe, raw, device)
-
-    entries = []
-    for cond in conditions:
-        runs = []
-        for mask_seed in _mask_seeds_for(cond, mask_seeds):
-            masked = mask_condition(test_view, cond, mask_seed, "test-only", mask_dir)
-            masked = impute(masked, imputation, reference=raw)
-            realized = realized_missing_rate(masked, "test")
-            if statistics is not None:
-                masked = standardize_features(masked, statistics=statistics)
-            items = to_tensors(masked)["test"]
-            for seed, trainer in trainers.items():
-                runs.append({"train_seed": seed, "mask_seed": mask_seed, "realized_rate": realized,
-                             **_headline(trainer.evaluate(items))})
-        entries.append(_condition_entry(cond, runs, mods))
+    """One model's report, as :func:`write_robustness_report` and ``robustness.json`` hold it."""
     return {
-        "protocol": "train-complete", "model": info["model_name"], "source": str(run), "dataset": raw.name,
-        "modalities": "".join(mods), "imputation": imputation, "train_seeds": list(info["seeds"]),
-        "mask_seeds": list(mask_seeds), "skipped": skipped, "conditions": entries,
-    }
-
-
-# -- retrain protocol ----------------------------------------------------------------------------
-def robustness_by_retraining(
-    model: str,
-    dataset: str | MercDataset,
-    modalities: str,
-    out_dir: str | Path,
-    rates: Iterable[float] = DEFAULT_RATES,
-    drops: Iterable[str] = (),
-    seeds: Sequence[int] = (0,),
-    mask_seeds: Sequence[int] = (0,),
-    imputation: str = "none",
-    overrides: Sequence[str] = (),
-    recipe_path: str | Path | None = None,
-    data_root: str | Path | None = None,
-    device: str | None = None,
-    show_progress: bool = False,
-) -> dict[str, Any]:
-    """Train ``model`` from scratch on every split masked per condition (the papers' protocol).
-
-    Each (condition, mask seed) is one :func:`run_experiment` over ``seeds`` in
-    ``<out_dir>/<model>/<condition>/mask_<seed>`` (resumable: finished seeds are reused).
-    Missing raw features are imputed (:func:`merc.data.missing.impute`; ``"none"``
-    leaves them to the runner's standardisation, which sets them to the training mean)
-    before the runner z-scores the dataset as for any training run.
-
-    Returns:
-        The model's report (see :func:`write_robustness_report`).
-    """
-    from merc.data.registry import load_dataset
-    from merc.training.runner import resolve_recipe, run_experiment
-
-    mods = parse_modalities(modalities)
-    imputation = resolve_choice("imputation method", imputation, list(IMPUTATION_METHODS))
-    out = Path(out_dir)
-    name = dataset if isinstance(dataset, str) else dataset.name
-    resolve_recipe(model, name, overrides, recipe_path)  # fail before any training on a bad recipe
-    raw = (load_dataset(dataset, modalities=mods, data_root=data_root, show_progress=show_progress)
-           if isinstance(dataset, str) else dataset.with_modalities(mods))
-    conditions, skipped = make_conditions(mods, rates, drops)
-    entries = []
-    for cond in conditions:
-        runs = []
-        for mask_seed in _mask_seeds_for(cond, mask_seeds):
-            masked = impute(mask_condition(raw, cond, mask_seed, "same-rate", out / MASK_DIR), imputation)
-            result = run_experiment(
-                model, masked, "".join(mods), list(seeds), out / model / cond.slug / f"mask_{mask_seed}",
-                overrides=list(overrides), recipe_path=recipe_path, device=device, show_progress=show_progress,
-            )
-            realized = realized_missing_rate(masked, "test")
-            for i, seed in enumerate(result["seeds"]):
-                metrics = {k: result["test"][k]["per_seed"][i] for k in HEADLINE_METRICS if k in result["test"]}
-                runs.append({"train_seed": seed, "mask_seed": mask_seed, "realized_rate": realized, **metrics})
-        entries.append(_condition_entry(cond, runs, mods))
-    return {
-        "protocol": "retrain", "model": model, "source": str(recipe_path or find_recipe(model, name) or "built-in defaults"),
-        "dataset": name,
-        "modalities": "".join(mods), "imputation": imputation, "train_seeds": list(seeds),
-        "mask_seeds": list(mask_seeds), "skipped": skipped, "conditions": entries,
+        "protocol": protocol, "model": model, "source": source, "dataset": dataset,
+        "modalities": "".join(modalities), "imputation": imputation, "train_seeds": list(train_seeds),
+        "mask_seeds": list(mask_seeds), "skipped": list(skipped), "conditions": list(conditions),
     }
 
 
@@ -426,102 +297,19 @@ def load_robustness_reports(path: str | Path) -> list[dict[str, Any]]:
     return list(reports)
 
 
-# -- command line --------------------------------------------------------------------------------
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _drops(text: str) -> list[str]:
-    return [] if text.strip().lower() in ("", "none") else [x.strip() for x in text.split(",") if x.strip()]
-
-
-def add_robustness_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Arguments of ``merc robustness`` (for :func:`robustness_main`)."""
-    parser.add_argument("runs", nargs="*", help="finished `merc train` run folders: reuse their weights and mask "
-                        "the test split (train-complete protocol)")
-    parser.add_argument("--model", default=None, help="comma-separated models to retrain on every split masked per "
-                        "condition (the papers' protocol); needs --dataset and --out")
-    parser.add_argument("--dataset", default=None, help="dataset for --model")
-    parser.add_argument("--modalities", default="tav", help="modalities for --model, e.g. tav")
-    parser.add_argument("--seeds", type=_ints, default=[0], help="training seeds for --model, e.g. 0,1,2")
-    parser.add_argument("--mask-seeds", type=_ints, default=None,
-                        help="mask seeds per condition (default 0,1,2 for runs, 0 for --model)")
-    parser.add_argument("--rates", type=_floats, default=list(DEFAULT_RATES), help="missing rates, e.g. 0,0.1,0.3")
-    parser.add_argument("--drops", type=_drops, default=None,
-                        help="modalities to remove everywhere, e.g. a,v,av; 'none' for no drops "
-                             "(default t,a,v,ta,tv,av for runs, none for --model)")
-    parser.add_argument("--imputation", default="none", choices=list(IMPUTATION_METHODS),
-                        help="filling of missing raw features before z-scoring: none (merc default: the "
-                             "training mean after z-scoring), zero (ZeroImp), mean (MeanImp), neighbour")
-    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
-                        help="combine the reports of earlier sweeps (robustness.json files or their folders) "
-                             "into one table and plot in --out")
-    parser.add_argument("--metric", default="weighted_f1", choices=list(HEADLINE_METRICS))
-    parser.add_argument("--out", default=None, help="report folder (default: the first run folder)")
-    parser.add_argument("--config", default=None, help="recipe YAML for --model")
-    parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="recipe override for --model, repeatable, e.g. -o training.epochs=50")
-    parser.add_argument("--device", default=None, help="cpu (default), cuda ...")
-    parser.add_argument("--data-root", default=None, help="folder holding the real corpora")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser
-
-
-def robustness_main(args: argparse.Namespace) -> int:
-    """``merc robustness``: sweep missing rates / drops and write json, markdown and plot.
-
-    Either run folders (train-complete protocol) or ``--model`` (retrain protocol).
-    Raises :class:`merc.errors.MercError` subclasses for bad input (the CLI prints them).
-    """
-    runs = list(getattr(args, "runs", []) or [])
-    merge = list(getattr(args, "merge", None) or [])
-    if sum(map(bool, (runs, args.model, merge))) != 1:
-        raise ConfigError("give one of: run folders (reuse trained weights), --model (retrain per condition) "
-                          "or --merge robustness.json files")
+def merge_robustness_reports(
+    paths: Sequence[str | Path], out_dir: str | Path, metric: str = "weighted_f1"
+) -> dict[str, Path]:
+    """Combine the reports of earlier sweeps (``robustness.json`` files or their folders) in ``out_dir``."""
     reports: list[dict[str, Any]] = []
-    if merge:
-        if not args.out:
-            raise ConfigError("--merge needs --out (the folder for the combined table and plot)")
-        out = Path(args.out)
-        for path in merge:
-            reports.extend(load_robustness_reports(path))
-    elif runs:
-        mask_seeds = args.mask_seeds or [0, 1, 2]
-        drops = DEFAULT_DROPS if args.drops is None else args.drops
-        out = Path(args.out) if args.out else Path(runs[0])
-        for run in runs:
-            reports.append(robustness_from_run(run, args.rates, drops, mask_seeds, args.imputation,
-                                               mask_dir=out / MASK_DIR, data_root=args.data_root,
-                                               device=args.device or "cpu"))
-    else:
-        if not args.dataset or not args.out:
-            raise ConfigError("--model needs --dataset and --out (the folder for the retrained runs)")
-        out = Path(args.out)
-        for model in [m.strip() for m in args.model.split(",") if m.strip()]:
-            reports.append(robustness_by_retraining(
-                model, args.dataset, args.modalities, out, args.rates, args.drops or [], args.seeds,
-                args.mask_seeds or [0], args.imputation, args.override, args.config, args.data_root,
-                args.device, show_progress=not args.quiet,
-            ))
-    paths = write_robustness_report(reports, out, args.metric)
-    print(paths["markdown"].read_text(encoding="utf-8"))
-    for kind, path in paths.items():
-        print(f"{kind}: {path}")
-    return 0
+    for path in paths:
+        reports.extend(load_robustness_reports(path))
+    return write_robustness_report(reports, out_dir, metric)
 
 
 __all__ = [
-    "DEFAULT_DROPS", "DEFAULT_RATES", "Condition", "add_robustness_arguments", "make_conditions",
-    "load_robustness_reports", "mask_condition", "plot_robustness", "robustness_by_retraining", "robustness_from_run", "robustness_main",
-    "robustness_markdown", "write_robustness_report",
+    "DEFAULT_DROPS", "DEFAULT_RATES", "MASK_DIR", "REPORT_FILES", "Condition", "condition_entry",
+    "headline_metrics", "load_robustness_reports", "make_conditions", "mask_condition", "mask_seeds_for",
+    "merge_robustness_reports", "model_report", "plot_robustness", "robustness_markdown",
+    "write_robustness_report",
 ]

@@ -9,8 +9,9 @@ Each modality's utterance features run through a bidirectional LSTM over the dia
 the concatenated unimodal contextual features to a second bidirectional LSTM before the
 classifier. The paper trains the unimodal networks first and the fusion network on
 their frozen outputs; merc trains both levels jointly, with each unimodal head's
-cross-entropy as an auxiliary loss (``unimodal_loss_weight``), which gives the same
-per-modality heads in one run. ``fusion="concat"`` is the paper's non-hierarchical
+cross-entropy as an auxiliary loss (``unimodal_loss_weight``, the base class's unimodal
+heads with the loss flowing into the encoders), which gives the same per-modality heads
+in one run. ``fusion="concat"`` is the paper's non-hierarchical
 variant (dense layer over the concatenation).
 """
 
@@ -20,12 +21,13 @@ from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
-from merc.data.batching import IGNORE_INDEX, Batch
+from merc.data.batching import Batch
 from merc.errors import resolve_choice
 from merc.models.base import MercModel
-from merc.models.layers.recurrent import DialogueRNN
+from merc.models.layers.encoders import build_encoder
+from merc.models.layers.recurrent import ContextualRNN
 from merc.models.output import ModelOutput
 from merc.models.registry import register_model
 
@@ -44,6 +46,12 @@ class BcLSTM(MercModel):
             contextual features) or ``"concat"`` (dense layer only).
         bidirectional: ``False`` gives the paper's unidirectional sc-LSTM variant.
         unimodal_loss_weight: Weight of the summed per-modality cross-entropies.
+        unimodal_heads: The per-modality classifiers (the paper's unimodal networks);
+            ``False`` trains the fused network alone.
+
+    Encoders: per modality a ``"bilstm"`` (``"lstm"`` when unidirectional) encoder with
+    the dense ``tanh`` layer as its projection (:func:`~merc.models.layers.encoders.build_encoder`);
+    its output is the modality's code ``[N, dense_size]``.
 
     Shapes:
         - input: ``batch.features[m]`` ``[B, T, d_m]``
@@ -60,44 +68,33 @@ class BcLSTM(MercModel):
         fusion: str = "hierarchical",
         bidirectional: bool = True,
         unimodal_loss_weight: float = 0.5,
+        unimodal_heads: bool = True,
     ) -> None:
-        super().__init__(in_dims, num_classes)
+        super().__init__(in_dims, num_classes, unimodal_heads=unimodal_heads, unimodal_loss_weight=unimodal_loss_weight)
         self.fusion = resolve_choice("bc-LSTM fusion", fusion, ["hierarchical", "concat"])
-        self.unimodal_loss_weight = unimodal_loss_weight
         self.drop = nn.Dropout(dropout)
-        self.context = nn.ModuleDict(
-            {m: DialogueRNN(d, hidden_size, bidirectional=bidirectional) for m, d in self.in_dims.items()}
+        width = 2 * hidden_size if bidirectional else hidden_size
+        kind = "bilstm" if bidirectional else "lstm"
+        self.add_encoders(
+            {m: build_encoder(kind, d, width, output_size=dense_size, activation="tanh") for m, d in self.in_dims.items()},
+            {m: dense_size for m in self.modalities},
         )
-        self.dense = nn.ModuleDict(
-            {m: nn.Linear(2 * hidden_size if bidirectional else hidden_size, dense_size) for m in self.modalities}
-        )
-        self.unimodal_heads = nn.ModuleDict({m: nn.Linear(dense_size, num_classes) for m in self.modalities})
         fused_in = dense_size * len(self.modalities)
         if self.fusion == "hierarchical":
-            self.fusion_rnn: DialogueRNN | None = DialogueRNN(fused_in, hidden_size, bidirectional=bidirectional)
+            self.fusion_rnn: ContextualRNN | None = ContextualRNN(fused_in, hidden_size, bidirectional=bidirectional)
             fused_in = self.fusion_rnn.output_size
         else:
             self.fusion_rnn = None
         self.fusion_dense = nn.Linear(fused_in, dense_size)
         self.classifier = nn.Linear(dense_size, num_classes)
 
-    def forward(self, batch: Batch) -> ModelOutput:
-        self.check_batch(batch)
-        unimodal = {}
-        for m in self.modalities:
-            ctx = self.context[m](self.drop(batch.features[m]), batch.lengths)
-            unimodal[m] = self.drop(torch.tanh(self.dense[m](ctx)))
-        fused = torch.cat([unimodal[m] for m in self.modalities], dim=-1)
+    def encode(self, batch: Batch) -> dict[str, Tensor]:
+        # Dropout on the input features and on each unimodal dense output, as the paper.
+        return {m: self.drop(self.encoders[m](self.drop(batch.features[m]), batch)) for m in self.modalities}
+
+    def fuse(self, batch: Batch, codes: Mapping[str, Tensor]) -> ModelOutput:
+        fused = torch.cat([codes[m] for m in self.modalities], dim=-1)  # [N, M * dense]
         if self.fusion_rnn is not None:
-            fused = self.fusion_rnn(fused, batch.lengths)
+            fused = batch.flatten(self.fusion_rnn(batch.unflatten(fused), batch.lengths))
         hidden = self.drop(F.relu(self.fusion_dense(fused)))
-        flat_hidden = batch.flatten(hidden)
-        uni_logits = {m: self.unimodal_heads[m](batch.flatten(h)) for m, h in unimodal.items()}
-        aux: dict[str, torch.Tensor] = {}
-        if self.unimodal_loss_weight > 0 and self.training:
-            labels = batch.flat_labels
-            unimodal_ce = torch.stack(
-                [F.cross_entropy(lg, labels, ignore_index=IGNORE_INDEX) for lg in uni_logits.values()]
-            ).sum()
-            aux["unimodal_ce"] = self.unimodal_loss_weight * unimodal_ce
-        return ModelOutput(self.classifier(flat_hidden), uni_logits, aux, flat_hidden)
+        return ModelOutput(logits=self.classifier(hidden), embeddings=hidden)

@@ -86,21 +86,12 @@ from merc.errors import ConfigError, DataError, resolve_choice
 from merc.models.base import MercModel
 from merc.models.layers.crossmodal import CrossModalTransformer
 from merc.models.layers.dropout import FastDropout
+from merc.models.layers.encoders import build_encoder, encoder_kinds
 from merc.models.layers.graph_attention import NodeBlocks, block_transformer_conv, supports_block_attention
-from merc.models.layers.precision import cpu_autocast_active, float32_region, linear, pad_rows
+from merc.models.layers.precision import cpu_autocast_active, float32_region
 from merc.models.layers.relational_conv import relational_mean_conv, supports_fused_rgcn
-from merc.models.layers.transformer import PackedTransformerEncoderLayer
 from merc.models.output import ModelOutput
 from merc.models.registry import register_model
-
-
-def auto_text_heads(dim: int) -> int:
-    """The reference's head count for the text Transformer: the first ``h`` in 7..14 dividing ``dim``, else 1.
-
-    >>> auto_text_heads(768), auto_text_heads(384), auto_text_heads(100), auto_text_heads(17)
-    (8, 8, 10, 1)
-    """
-    return next((h for h in range(7, 15) if dim % h == 0), 1)
 
 
 class NodeBatchNorm(nn.BatchNorm1d):
@@ -117,44 +108,8 @@ class NodeBatchNorm(nn.BatchNorm1d):
         return super().forward(x)
 
 
-def _fully_connected(in_dim: int, hidden: int) -> nn.Sequential:
-    # eq. 2: the reference's two-layer FC encoder for audio and visual features.
-    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
-
-
-class TextTransformerEncoder(nn.Module):
-    """eq. 1: Transformer encoder over a dialogue's utterance features, then Linear to ``h``.
-
-    PyTorch's post-norm ReLU ``nn.TransformerEncoder`` (as the reference), its layers
-    run on the real utterances only
-    (:meth:`merc.models.layers.transformer.PackedTransformerEncoderLayer.forward_packed`):
-    attention masks the padding of each dialogue, everything else never sees it.
-
-    Shapes:
-        - input: ``[N, d]`` real utterances (``Batch.flat_index`` order), ``flat_index``
-          ``long [N]`` and padding mask ``bool [B, T]`` (true = padding)
-        - output: ``[N, h]``
-    """
-
-    def __init__(self, in_dim: int, hidden: int, num_layers: int, num_heads: int, ffn_size: int, dropout: float) -> None:
-        super().__init__()
-        heads = num_heads or auto_text_heads(in_dim)
-        if in_dim % heads:
-            raise ConfigError(f"CORECT text encoder: feature dim {in_dim} is not divisible by {heads} heads")
-        layer = PackedTransformerEncoderLayer(in_dim, heads, dim_feedforward=ffn_size, dropout=dropout, batch_first=True)
-        # nn.TransformerEncoder only holds the layers (its cloning gives every layer the
-        # same initial weights, as in PyTorch and the reference); forward runs them packed.
-        self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
-        self.layers: list[PackedTransformerEncoderLayer] = list(self.encoder.layers)  # type: ignore[arg-type]
-        self.out = nn.Linear(in_dim, hidden)
-
-    def forward(self, x: Tensor, flat_index: Tensor, padding: Tensor) -> Tensor:
-        rows = x.shape[0]
-        # Under CPU autocast the rows are padded once for all layers (merc.models.layers.precision).
-        x = pad_rows(x)
-        for layer in self.layers:
-            x = layer.forward_packed(x, flat_index, padding)
-        return linear(x, self.out.weight, self.out.bias)[:rows]
+#: CORECT's encoders (Section 3.1.1): a Transformer for text (eq. 1), a two-layer FC network for audio and visual (eq. 2).
+CORECT_ENCODERS: dict[str, str] = {"t": "transformer", "a": "fc", "v": "fc"}
 
 
 class RTGCN(nn.Module):
@@ -291,11 +246,17 @@ class CORECT(MercModel):
         pcm_memory_layers: P-CM self-attention layers per target (reference ``num_self_att``: 3).
         pcm_memory_heads: Their heads (reference ``self_att_nheads``: 2).
         pcm_dropout: Dropout inside P-CM (reference: 0).
-        text_encoder_layers: Text Transformer layers (reference ``encoder_nlayers``: 2);
-            0 uses the FC encoder for text too (the reference's ``--rnn ffn``).
-        text_encoder_heads: Text Transformer heads; 0 picks them as the reference
-            (:func:`auto_text_heads`).
-        text_ffn_size: Text Transformer feed-forward size (PyTorch default, as the reference: 2048).
+        encoders: Encoder kind per modality (:func:`merc.models.layers.encoders.build_encoder`);
+            default :data:`CORECT_ENCODERS` (text ``"transformer"``, audio/visual ``"fc"``);
+            ``{"t": "fc"}`` is the reference's ``--rnn ffn``.
+        transformer_layers: Layers of a ``"transformer"`` encoder (reference ``encoder_nlayers``: 2).
+        transformer_heads: Its heads; 0 picks them as the reference
+            (:func:`~merc.models.layers.encoders.auto_heads`).
+        transformer_ffn_size: Its feed-forward size (PyTorch default, as the reference: 2048).
+        fc_layers: Linear+ReLU layers of an ``"fc"`` encoder (eq. 2: 2).
+        unimodal_heads: Linear probes per modality on the codes
+            (:class:`~merc.models.base.MercModel`); CORECT itself has none, they do not
+            change its training.
 
     Shapes:
         - input: ``batch.features[m]`` ``[B, T, d_m]``
@@ -328,11 +289,14 @@ class CORECT(MercModel):
         pcm_memory_layers: int = 3,
         pcm_memory_heads: int = 2,
         pcm_dropout: float = 0.0,
-        text_encoder_layers: int = 2,
-        text_encoder_heads: int = 0,
-        text_ffn_size: int = 2048,
+        encoders: str | Mapping[str, str] | None = None,
+        transformer_layers: int = 2,
+        transformer_heads: int = 0,
+        transformer_ffn_size: int = 2048,
+        fc_layers: int = 2,
+        unimodal_heads: bool = True,
     ) -> None:
-        super().__init__(in_dims, num_classes)
+        super().__init__(in_dims, num_classes, unimodal_heads=unimodal_heads)
         h = hidden_size
         mods = self.modalities
         self.hidden_size = h
@@ -344,11 +308,12 @@ class CORECT(MercModel):
         self.speaker_ids = resolve_choice("CORECT speaker ids", speaker_ids, ["global", "party"])
         self.speaker_ratio = speaker_ratio
 
-        self.encoders = nn.ModuleDict({
-            m: TextTransformerEncoder(d, h, text_encoder_layers, text_encoder_heads, text_ffn_size, dropout)
-            if m == "t" and text_encoder_layers > 0 else _fully_connected(d, h)
+        kinds = encoder_kinds(encoders, mods, CORECT_ENCODERS, "corect")
+        self.add_encoders({
+            m: build_encoder(kinds[m], d, h, num_layers=transformer_layers if kinds[m] == "transformer" else fc_layers,
+                             num_heads=transformer_heads, ffn_size=transformer_ffn_size, dropout=dropout)
             for m, d in self.in_dims.items()
-        })
+        }, {m: h for m in mods})
         n_ids = num_speakers if self.speaker_ids == "global" else num_parties
         self.speaker_embedding = nn.Embedding(max(n_ids, 1), h) if use_speaker_embedding else None
 
@@ -398,21 +363,13 @@ class CORECT(MercModel):
 
     def encode(self, batch: Batch) -> dict[str, Tensor]:
         """Unimodal encoders plus speaker embedding (eq. 1-4) of the real utterances: ``{m: [N, h]}``."""
-        padding = ~batch.mask
-        speaker = self._speaker_vectors(batch) if self.speaker_embedding is not None else None
-        out = {}
-        for m in self.modalities:
-            enc = self.encoders[m]
-            x = batch.flatten(batch.features[m])
-            h = enc(x, batch.flat_index, padding) if isinstance(enc, TextTransformerEncoder) else enc(x)
-            out[m] = h + speaker if speaker is not None else h
-        return out
+        codes = super().encode(batch)
+        if self.speaker_embedding is None:
+            return codes
+        speaker = self._speaker_vectors(batch)
+        return {m: h + speaker for m, h in codes.items()}
 
-    def forward(self, batch: Batch) -> ModelOutput:
-        self.check_batch(batch)
-        return self._fuse(batch, self.encode(batch))
-
-    def _fuse(self, batch: Batch, encoded: Mapping[str, Tensor]) -> ModelOutput:
+    def fuse(self, batch: Batch, encoded: Mapping[str, Tensor]) -> ModelOutput:
         """RT-GCN, P-CM and classifier on the encoded utterances ``{m: [N, h]}``.
 
         Under CPU autocast RT-GCN picks its own precision (:class:`RTGCN`); P-CM and the

@@ -47,10 +47,9 @@ from torch import Tensor, nn
 
 from merc.data.batching import Batch
 from merc.data.graphs import window_edges
-from merc.data.missing import drop_available
 from merc.errors import ConfigError, resolve_choice
 from merc.models.base import MercModel
-from merc.models.layers.recurrent import DialogueRNN
+from merc.models.layers.recurrent import ContextualRNN
 from merc.models.output import ModelOutput
 from merc.models.registry import register_model
 
@@ -102,7 +101,7 @@ class GraphNetwork(nn.Module):
         self.conv1: RGCNConv = RGCNConv(in_dim, graph_dim, num_relations)
         self.conv2: GraphConv = GraphConv(graph_dim, graph_dim)
         d_h = in_dim + graph_dim
-        self.rnn = DialogueRNN(d_h, d_h, num_layers=2, dropout=dropout)
+        self.rnn = ContextualRNN(d_h, d_h, num_layers=2, dropout=dropout)
         self.attention = NodalAttention(2 * d_h) if time_attention else None
         self.output = nn.Linear(2 * d_h, d_h)
 
@@ -142,7 +141,14 @@ class GCNet(MercModel):
         - input: ``batch.features[m]`` ``[B, T, d_m]``, ``batch.availability`` ``[B, T, M]``
         - output: ``logits`` ``[N, C]``; ``embeddings`` ``[N, D_h]``;
           ``aux_losses["reconstruction"]`` scalar (training only)
+
+    GCNet fuses early (``fuses_early``): its codes are the (masked) input features
+    themselves, it has no unimodal heads, and plug-ins that need per-modality parts
+    refuse it.
     """
+
+    fuses_early = True
+    models_missing = True
 
     def __init__(
         self,
@@ -170,13 +176,14 @@ class GCNet(MercModel):
             "gcnet reconstruction loss", reconstruction_loss, list(GCNET_RECONSTRUCTION_LOSSES)
         )
         self.num_parties = int(num_parties)
+        self.max_parties = self.num_parties  # the speaker relations cover num_parties ** 2 pairs
         self.window_past = int(window_past)
         self.window_future = int(window_future)
         self.reconstruction_weight = float(reconstruction_weight)
         self.train_mask_rate = float(train_mask_rate)
         graph_dim = int(graph_hidden_size) if graph_hidden_size is not None else max(hidden_size // 2, 1)
         input_dim = sum(self.in_dims.values())
-        self.encoder = DialogueRNN(input_dim, hidden_size, num_layers=2, dropout=dropout)
+        self.encoder = ContextualRNN(input_dim, hidden_size, num_layers=2, dropout=dropout)
         d_e2 = self.encoder.output_size
         self.graphs = nn.ModuleDict({
             "temporal": GraphNetwork(d_e2, graph_dim, 3, dropout, time_attention),
@@ -186,17 +193,13 @@ class GCNet(MercModel):
         self.classifier = nn.Linear(d_h, num_classes)
         self.reconstruction = nn.Linear(d_h, input_dim)
 
-    def forward(self, batch: Batch) -> ModelOutput:
-        self.check_batch(batch)
+    def encode(self, batch: Batch) -> dict[str, Tensor]:
+        """The inputs themselves, ``{m: [N, d_m]}`` (zeroed where not visible): GCNet fuses early."""
+        return {m: batch.flatten(batch.features[m]) for m in self.modalities}
+
+    def fuse(self, batch: Batch, codes: Mapping[str, Tensor]) -> ModelOutput:
         mask = batch.mask
-        available = batch.availability[..., [batch.modalities.index(m) for m in self.modalities]] & mask[..., None]
-        visible = available
-        if self.training and self.train_mask_rate > 0:
-            visible = available & ~drop_available(available, self.train_mask_rate)
-        # Zero what the model must not see (the data already zeroes missing features).
-        inputs = torch.cat(
-            [batch.features[m] * visible[..., k, None] for k, m in enumerate(self.modalities)], dim=-1
-        )
+        inputs = batch.unflatten(torch.cat([codes[m] for m in self.modalities], dim=-1))
         states = self.encoder(inputs, batch.lengths)
         nodes = batch.flatten(states)
         edge_index, temporal, speaker = window_edges(
@@ -207,11 +210,14 @@ class GCNet(MercModel):
         flat_hidden = batch.flatten(hidden)
         aux: dict[str, Tensor] = {}
         if self.training and self.reconstruction_kind != "none" and self.reconstruction_weight > 0:
+            # Targets are the features as given, at every entry the data has (also those
+            # hidden from the model this batch).
+            given = batch.complete if batch.complete is not None else batch
             recon = self.reconstruction(flat_hidden)
             aux["reconstruction"] = self.reconstruction_weight * self._reconstruction_loss(
-                recon, batch, batch.flatten(available)
+                recon, given, self.flat_availability(given)
             )
-        return ModelOutput(self.classifier(flat_hidden), {}, aux, flat_hidden)
+        return ModelOutput(logits=self.classifier(flat_hidden), aux_losses=aux, embeddings=flat_hidden)
 
     def _reconstruction_loss(self, recon: Tensor, batch: Batch, entries: Tensor) -> Tensor:
         """GCNet's ``MaskedReconLoss`` over ``entries`` (``bool [N, M]``).

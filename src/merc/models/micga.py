@@ -67,10 +67,9 @@ from torch import Tensor, nn
 
 from merc.data.batching import Batch
 from merc.data.graphs import fully_connected_edges, normalized_dialogue_adjacency
-from merc.data.missing import drop_available
 from merc.errors import ConfigError, resolve_choice
 from merc.models.base import MercModel
-from merc.models.layers.recurrent import DialogueRNN
+from merc.models.layers.encoders import build_encoder, encoder_kinds
 from merc.models.output import ModelOutput
 from merc.models.registry import register_model
 
@@ -80,6 +79,8 @@ if TYPE_CHECKING:
 RECONSTRUCTION_LOSSES: tuple[str, ...] = ("kl", "mse", "none")
 #: Mi-CGA eq. 23: the three modality pairs, each attended in both directions.
 CMA_PAIRS: tuple[tuple[str, str], ...] = (("a", "t"), ("t", "v"), ("v", "a"))
+#: Mi-CGA eq. 1-3: a BiLSTM over the dialogue for text, a linear layer for audio and visual.
+MICGA_ENCODERS: dict[str, str] = {"t": "bilstm", "a": "linear", "v": "linear"}
 
 
 # -- blocks ----------------------------------------------------------------------------------
@@ -143,9 +144,9 @@ def reconstruction_loss(
 
     Args:
         kind: ``"mse"`` or ``"kl"``.
-        recon: Decoder output per modality block, ``[B, T, M, d]``.
-        target: Encoder output (detached), ``[B, T, M, d]``.
-        entries: ``bool [B, T, M]`` (utterance, modality) entries in the loss.
+        recon: Decoder output per modality block, ``[..., M, d]`` (e.g. ``[N, M, d]``).
+        target: Encoder output (detached), same shape.
+        entries: ``bool [..., M]`` (utterance, modality) entries in the loss.
         sparsity: :math:`p` of eq. 30.
 
     Returns:
@@ -154,12 +155,14 @@ def reconstruction_loss(
         dimensions ``j`` and the modalities ``m`` that have entries, with :math:`\hat p_{m,j}`
         the mean of :math:`\mathrm{sigmoid}(\hat x_{m,j})` over the entries.
     """
-    w = entries.to(recon.dtype)
+    num_mod, dim = recon.shape[-2:]
+    recon, target = recon.reshape(-1, num_mod, dim), target.reshape(-1, num_mod, dim)
+    w = entries.reshape(-1, num_mod).to(recon.dtype)
     if kind == "mse":
         per_entry = (recon - target).pow(2).mean(-1)
         return (per_entry * w).sum() / w.sum().clamp_min(1.0)
-    counts = w.sum((0, 1))  # [M]
-    p_hat = (torch.sigmoid(recon) * w[..., None]).sum((0, 1)) / counts.clamp_min(1.0)[:, None]
+    counts = w.sum(0)  # [M]
+    p_hat = (torch.sigmoid(recon) * w[..., None]).sum(0) / counts.clamp_min(1.0)[:, None]
     p_hat = p_hat.clamp(1e-6, 1 - 1e-6)
     kl = sparsity * torch.log(sparsity / p_hat) + (1 - sparsity) * torch.log((1 - sparsity) / (1 - p_hat))
     present = (counts > 0).to(recon.dtype)
@@ -200,12 +203,17 @@ class MiCGA(MercModel):
         reconstruction_weight: Weight of the reconstruction loss. Default 1.0 (eq. 27).
         train_mask_rate: Share of available entries hidden during training (see the
             module docstring). Default 0.0 (the paper trains on its fixed masks).
+        encoders: Encoder kind per modality; default :data:`MICGA_ENCODERS` (a
+            bidirectional one has ``hidden_size // 2`` units per direction).
+        unimodal_heads: Linear probes per modality on the codes (no effect on training).
 
     Shapes:
         - input: ``batch.features[m]`` ``[B, T, d_m]``, ``batch.availability`` ``[B, T, M]``
         - output: ``logits`` ``[N, C]``; ``embeddings`` ``[N, classifier_hidden]``;
           ``aux_losses["reconstruction"]`` scalar (training only)
     """
+
+    models_missing = True
 
     def __init__(
         self,
@@ -230,8 +238,10 @@ class MiCGA(MercModel):
         sparsity: float = 0.2,
         reconstruction_weight: float = 1.0,
         train_mask_rate: float = 0.0,
+        encoders: str | Mapping[str, str] | None = None,
+        unimodal_heads: bool = True,
     ) -> None:
-        super().__init__(in_dims, num_classes)
+        super().__init__(in_dims, num_classes, unimodal_heads=unimodal_heads)
         from torch_geometric.nn import GATv2Conv  # deferred: importing PyG costs seconds
 
         for name, value in (("smoothing_lambda", smoothing_lambda), ("speaker_ratio", speaker_ratio),
@@ -245,6 +255,7 @@ class MiCGA(MercModel):
             raise ConfigError("micga sizes (num_parties, hidden sizes, layers, heads) must be >= 1")
         self.reconstruction_kind = resolve_choice("reconstruction loss", reconstruction_loss, list(RECONSTRUCTION_LOSSES))
         self.num_parties = int(num_parties)
+        self.max_parties = self.num_parties  # the one-hot has num_parties columns: more is an error, never clamped
         self.hidden_size = int(hidden_size)
         self.speaker_ratio = float(speaker_ratio)
         self.smoothing_lambda = float(smoothing_lambda)
@@ -256,12 +267,9 @@ class MiCGA(MercModel):
         self.drop = nn.Dropout(dropout)
 
         h = self.hidden_size
-        self.encoders = nn.ModuleDict({
-            m: DialogueRNN(d, max(h // 2, 1)) if m == "t" else nn.Linear(d, h) for m, d in self.in_dims.items()
-        })
-        self.encoded_dim = {m: (self.encoders[m].output_size if m == "t" else h) for m in self.modalities}
-        if len(set(self.encoded_dim.values())) != 1:
-            raise ConfigError(f"micga hidden_size must be even (text BiLSTM halves it), got {hidden_size}")
+        kinds = encoder_kinds(encoders, self.modalities, MICGA_ENCODERS, "micga")
+        self.add_encoders({m: build_encoder(kinds[m], d, h) for m, d in self.in_dims.items()},
+                          {m: h for m in self.modalities})
         width = len(self.modalities) * h
         d_bar = self.num_parties + width
 
@@ -296,26 +304,25 @@ class MiCGA(MercModel):
         self.classifier = nn.Linear(classifier_hidden, num_classes)
 
     # -- pieces ---------------------------------------------------------------------------
-    def _encode(self, batch: Batch, visible: Tensor, available: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """Encoder outputs of the visible inputs and the (detached) reconstruction targets."""
-        codes, targets = {}, {}
-        for k, m in enumerate(self.modalities):
-            x = batch.features[m]
-            if m == "t":
-                hidden = available[..., k] & ~visible[..., k]
-                codes[m] = self.encoders[m](x * visible[..., k, None], batch.lengths)
-                if hidden.any():
-                    # The BiLSTM mixes context: the target of a hidden text entry is the
-                    # encoding of the data as given, computed without the entry hidden.
-                    with torch.no_grad():
-                        targets[m] = self.encoders[m](x * available[..., k, None], batch.lengths)
-                else:
-                    targets[m] = codes[m].detach()
-            else:
-                # Linear per-utterance encoders: the code of the full input is the target.
-                codes[m] = self.encoders[m](x)
-                targets[m] = codes[m].detach()
-        return codes, targets
+    def _reconstruction_targets(self, batch: Batch, codes: Tensor, visible: Tensor, available: Tensor) -> Tensor:
+        """``[N, M, h]`` targets of the reconstruction loss (detached).
+
+        A visible entry's target is its own code. An entry hidden in training
+        (``train_mask_rate``) gets the code the encoder gives the data as given (recurrent
+        encoders mix context, so it is computed with no entry hidden), without gradient.
+        """
+        target = codes.detach()
+        hidden = available & ~visible
+        if batch.complete is None or not bool(hidden.any()):
+            return target
+        given = batch.complete
+        full_avail = self.model_availability(given)
+        with torch.no_grad():
+            full = torch.stack([
+                self.encoders[m](given.features[m] * full_avail[..., k, None].to(given.features[m].dtype), given)
+                for k, m in enumerate(self.modalities)
+            ], dim=1)
+        return torch.where(hidden[..., None], full, target)
 
     def _feature_estimation(self, x_spk: Tensor, mask: Tensor) -> Tensor:
         """Decoder output :math:`\\hat X` of eq. 10, modality blocks ``[B, T, M*h]``."""
@@ -325,55 +332,52 @@ class MiCGA(MercModel):
             z = self.drop(F.relu(layer(z, adjacency)))
         return self.fe_decoder(z)
 
-    def forward(self, batch: Batch) -> ModelOutput:
-        self.check_batch(batch)
+    def fuse(self, batch: Batch, codes: Mapping[str, Tensor]) -> ModelOutput:
+        """Eq. 7-26 on the codes ``{m: [N, h]}`` (zeroed where not visible by the base class)."""
         mask = batch.mask
-        b, t = mask.shape
         num_mod, h = len(self.modalities), self.hidden_size
-        available = batch.availability[..., [batch.modalities.index(m) for m in self.modalities]] & mask[..., None]
-        visible = available
-        if self.training and self.train_mask_rate > 0:
-            visible = available & ~drop_available(available, self.train_mask_rate)
+        visible = self.flat_availability(batch)  # [N, M]: what the model sees
+        available = self.flat_availability(batch.complete) if batch.complete is not None else visible
+        x_miss = torch.stack([codes[m] for m in self.modalities], dim=1)  # [N, M, h], eq. 7
+        n_utt = x_miss.shape[0]
+        parties = batch.flatten(batch.parties)
+        speaker = F.one_hot(parties, self.num_parties).to(x_miss.dtype) * self.speaker_ratio
+        x_spk = torch.cat([speaker, x_miss.reshape(n_utt, num_mod * h)], dim=-1)  # eq. 9
 
-        codes, targets = self._encode(batch, visible, available)
-        code = torch.stack([codes[m] for m in self.modalities], dim=2)  # [B, T, M, h]
-        x_miss = code * visible[..., None]  # eq. 7
-        parties = batch.parties.clamp(0, self.num_parties - 1)
-        speaker = F.one_hot(parties, self.num_parties).to(code.dtype) * self.speaker_ratio * mask[..., None]
-        x_spk = torch.cat([speaker, x_miss.reshape(b, t, num_mod * h)], dim=-1)  # eq. 9
-
-        missing = mask[..., None] & ~visible
+        missing = ~visible
         want_loss = self.training and self.reconstruction_kind != "none" and self.reconstruction_weight > 0
         aux: dict[str, Tensor] = {}
         if want_loss or bool(missing.any()):
-            recon = self._feature_estimation(self.drop(x_spk), mask).reshape(b, t, num_mod, h)
+            recon = batch.flatten(self._feature_estimation(batch.unflatten(self.drop(x_spk)), mask))
+            recon = recon.reshape(n_utt, num_mod, h)
             # Eq. 10-12: X_coarse = X_miss filled at missing entries; X_FE = (1-lambda) X_coarse
             # + lambda X_miss, i.e. x where available and (1-lambda) x_hat where missing.
             x_fe_blocks = torch.where(visible[..., None], x_miss, (1.0 - self.smoothing_lambda) * recon)
             if want_loss:
-                target = torch.stack([targets[m] for m in self.modalities], dim=2)
+                target = self._reconstruction_targets(batch, x_miss, visible, available)
                 aux["reconstruction"] = self.reconstruction_weight * reconstruction_loss(
                     self.reconstruction_kind, recon, target, available, self.sparsity
                 )
         else:
             x_fe_blocks = x_miss
-        x_fe = torch.cat([speaker, x_fe_blocks.reshape(b, t, num_mod * h)], dim=-1)
+        x_fe = torch.cat([speaker, x_fe_blocks.reshape(n_utt, num_mod * h)], dim=-1)
 
         parts = []
         if self.gat is not None:
             edges = fully_connected_edges(mask)
-            nodes = batch.flatten(x_fe)
+            nodes = x_fe
             for conv in self.gat:
                 nodes = F.leaky_relu(conv(self.drop(nodes), edges), 0.2)
             parts.append(self.drop(self.gat_projection(nodes)))
         else:
-            parts.append(batch.flatten(x_fe))
+            parts.append(x_fe)
         for d, g in self.pairs:
-            xd, xg = x_fe_blocks[:, :, self.modalities.index(d)], x_fe_blocks[:, :, self.modalities.index(g)]
+            xd = batch.unflatten(x_fe_blocks[:, self.modalities.index(d)])
+            xg = batch.unflatten(x_fe_blocks[:, self.modalities.index(g)])
             parts.append(batch.flatten(self.cma[f"{d}_to_{g}"](xg, xd, mask)))  # H^gamma, eq. 21
             parts.append(batch.flatten(self.cma[f"{g}_to_{d}"](xd, xg, mask)))  # H^delta
         hidden = self.drop(F.relu(self.classifier_hidden(torch.cat(parts, dim=-1))))
-        return ModelOutput(self.classifier(hidden), {}, aux, hidden)
+        return ModelOutput(logits=self.classifier(hidden), aux_losses=aux, embeddings=hidden)
 
 
 __all__ = ["MiCGA", "CrossModalAttention", "DenseGCNLayer",

@@ -22,14 +22,14 @@ import torch
 
 from merc.config import apply_overrides, load_recipe, load_yaml, save_yaml
 from merc.data.batching import ConversationTensors, to_tensors
-from merc.data.registry import load_dataset
+from merc.data.registry import dataset_recipe_defaults, load_dataset
 from merc.data.schema import MercDataset, class_weights, parse_modalities
 from merc.data.transforms import standardize_features
 from merc.errors import ConfigError
 from merc.evaluation.aggregate import aggregate_seeds
 from merc.models.base import MercModel
 from merc.models.registry import build_model
-from merc.training.plugins import build_plugins
+from merc.training.plugins.registry import build_plugins, fill_dataset_defaults
 from merc.training.trainer import BEST_WEIGHTS, TrainConfig, Trainer, seed_everything
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,11 @@ def standardizes(recipe: dict[str, Any]) -> bool:
 def resolve_recipe(
     model: str, dataset: str, overrides: Sequence[str] = (), recipe_path: str | Path | None = None
 ) -> dict[str, Any]:
+    """The recipe of ``model`` x ``dataset`` with ``overrides``, plug-in sections filled with
+    the dataset's defaults (:attr:`merc.data.registry.DatasetSpec.recipe_defaults`), checked
+    before any data loads."""
     recipe = apply_overrides(load_recipe(model, dataset, recipe_path), overrides)
+    fill_dataset_defaults(recipe, dataset_recipe_defaults(dataset))
     TrainConfig.from_dict(recipe.get("training", {}))  # fail early on a bad option
     return recipe
 

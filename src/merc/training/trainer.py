@@ -20,10 +20,11 @@ import dataclasses
 import json
 import logging
 import math
+import numbers
 import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from merc.data.batching import IGNORE_INDEX, ConversationTensors, iterate_batches
+from merc.data.batching import IGNORE_INDEX, Batch, ConversationTensors, iterate_batches
 from merc.errors import ConfigError, resolve_choice
-from merc.evaluation.metrics import classification_metrics
+from merc.evaluation.metrics import HEADLINE_METRICS, classification_metrics
 from merc.models.base import MercModel
 from merc.models.output import ModelOutput
 from merc.training.plugins.base import TrainerPlugin
@@ -47,6 +48,128 @@ CHECKPOINT = "checkpoint.pt"
 BEST_WEIGHTS = "best.pt"
 #: ``TrainConfig.precision`` values: full fp32, or bf16 autocast around forward and loss.
 PRECISIONS = ("32", "bf16-mixed")
+#: ``TrainConfig.optimizer`` values.
+OPTIMIZERS = ("adam", "adamw", "sgd")
+#: ``TrainConfig.scheduler`` values.
+SCHEDULERS = ("none", "cosine", "step", "plateau")
+#: ``TrainConfig.selection_metric`` values: validation metrics where higher is better
+#: (selection and the ``plateau`` schedule maximise the metric, so ``loss`` is not one).
+SELECTION_METRICS = HEADLINE_METRICS
+
+#: String options with a fixed set of values.
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "optimizer": OPTIMIZERS,
+    "scheduler": SCHEDULERS,
+    "selection_metric": SELECTION_METRICS,
+    "precision": PRECISIONS,
+}
+#: Numeric options: the test a value must pass and the range as the message states it.
+_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "epochs": (lambda v: v >= 1, "an integer >= 1"),
+    "batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "eval_batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "step_size": (lambda v: v >= 1, "an integer >= 1"),
+    "patience": (lambda v: v >= 0, "an integer >= 0 (0: no early stopping)"),
+    "warmup_epochs": (lambda v: v >= 0, "an integer >= 0"),
+    "num_threads": (lambda v: v >= 0, "an integer >= 0 (0: PyTorch's default)"),
+    # A signed 64-bit integer: what torch's generators and the checkpoint's RNG state hold.
+    "seed": (lambda v: 0 <= v < 2**63, "an integer in [0, 2**63)"),
+    "lr": (lambda v: v > 0, "a finite number > 0"),
+    "weight_decay": (lambda v: v >= 0, "a finite number >= 0"),
+    "clip_grad_norm": (lambda v: v >= 0, "a finite number >= 0 (0: no clipping)"),
+    "gamma": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+}
+#: Spellings a boolean option accepts besides YAML's own booleans (case-insensitive).
+_TRUE_STRINGS = ("true", "yes", "1")
+_FALSE_STRINGS = ("false", "no", "0")
+
+
+def _expected(key: str, kind: str) -> str:
+    return _RANGES[key][1] if key in _RANGES else kind
+
+
+def _to_bool(key: str, value: Any) -> bool:
+    """``value`` as a boolean; a typo such as ``ture`` is an error, not ``False``."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    # Ints too: the override training.show_progress=1 reaches here as YAML's int 1.
+    if isinstance(value, (str, int)):
+        text = str(value).strip().lower()
+        if text in _TRUE_STRINGS:
+            return True
+        if text in _FALSE_STRINGS:
+            return False
+    raise ConfigError(f"training.{key}={value!r}: expected a boolean (true/false, yes/no or 1/0)")
+
+
+def _to_int(key: str, value: Any) -> int:
+    """``value`` as an int; whole floats (``3.0``, ``1e3``) pass, ``2.7`` and booleans do not."""
+    number: Any = value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            try:
+                number = float(value)
+            except ValueError:
+                number = None
+    # bool is an int subclass: "epochs: true" would otherwise silently run one epoch.
+    if isinstance(number, (bool, np.bool_)) or not isinstance(number, numbers.Real):
+        raise ConfigError(f"training.{key}={value!r}: expected {_expected(key, 'an integer')}")
+    if isinstance(number, numbers.Integral):
+        return int(number)
+    if not (math.isfinite(number) and float(number).is_integer()):
+        raise ConfigError(f"training.{key}={value!r}: expected {_expected(key, 'an integer')}, not a fraction")
+    return int(number)
+
+
+def _to_float(key: str, value: Any) -> float:
+    """``value`` as a finite float (YAML reads ``3e-4`` as a string, so strings are parsed)."""
+    if not isinstance(value, (bool, np.bool_)) and isinstance(value, (numbers.Real, str)):
+        try:
+            number = float(value)
+        except ValueError:
+            pass
+        else:
+            if math.isfinite(number):
+                return number
+    raise ConfigError(f"training.{key}={value!r}: expected {_expected(key, 'a finite number')}")
+
+
+def _check_option(key: str, default: Any, value: Any) -> Any:
+    """``value`` of option ``key`` converted to ``default``'s type and range-checked.
+
+    Args:
+        key: The :class:`TrainConfig` field.
+        default: Its default, whose type is the field's type.
+        value: The value from the recipe, an override or code.
+
+    Returns:
+        The converted value (choices normalised, e.g. ``"AdamW"`` -> ``"adamw"``).
+
+    Raises:
+        ConfigError: Naming ``training.<key>`` and the valid values.
+    """
+    converted: Any
+    if isinstance(default, bool):  # before int: bool is an int subclass
+        converted = _to_bool(key, value)
+    elif isinstance(default, int):
+        converted = _to_int(key, value)
+    elif isinstance(default, float):
+        converted = _to_float(key, value)
+    elif key in _CHOICES:
+        # str(): YAML reads "precision: 32" as an int.
+        converted = resolve_choice(f"training.{key}", str(value), _CHOICES[key])
+    elif isinstance(default, str):
+        converted = str(value)
+    else:
+        converted = value
+    if key in _RANGES:
+        test, expected = _RANGES[key]
+        if not test(converted):
+            raise ConfigError(f"training.{key}={value!r}: expected {expected}")
+    return converted
 
 
 @dataclass
@@ -67,7 +190,8 @@ class TrainConfig:
         clip_grad_norm: Max global gradient norm; 0 disables clipping.
         patience: Early stopping after this many epochs without a better validation
             score; 0 disables early stopping.
-        selection_metric: Validation metric that selects the checkpoint.
+        selection_metric: Validation metric that selects the checkpoint (higher is
+            better): ``weighted_f1``, ``accuracy``, ``macro_f1`` or ``ua``.
         class_weighted_loss: Weight the cross-entropy by inverse class frequency.
         eval_batch_size: Dialogues per batch at evaluation.
         device: ``cpu``, ``cuda``, ``cuda:1`` ...
@@ -115,29 +239,40 @@ class TrainConfig:
     precision: str = "32"
 
     def __post_init__(self) -> None:
-        # Validated here, not at first use: a typo fails when the recipe is read.
-        self.precision = resolve_choice("training.precision", str(self.precision), PRECISIONS)
+        """Convert every field to its type and check its range or choices.
+
+        Here rather than at first use, so that a typo (``optimizer: adan``,
+        ``class_weighted_loss: ture``, ``epochs: 2.7``) fails when the recipe is read,
+        before any data loads, and a config built in code gets the same checks.
+
+        Raises:
+            ConfigError: Naming ``training.<key>`` and its valid values.
+        """
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, _check_option(field.name, field.default, getattr(self, field.name)))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Build from a recipe section, coercing types and rejecting unknown keys."""
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = [k for k in data if k not in names]
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        """Build from a recipe's ``training`` section.
+
+        Args:
+            data: Option name -> value, as YAML or an override gave it (``"3e-4"``,
+                ``"yes"`` and ``3.0`` become ``0.0003``, ``True`` and ``3`` where the
+                field is a float, a boolean and an int).
+
+        Returns:
+            The validated config.
+
+        Raises:
+            ConfigError: An unknown option, or a value of the wrong type or out of range.
+        """
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"the training section must be a mapping of option: value, not {data!r}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = [str(k) for k in data if k not in names]
         if unknown:
             raise ConfigError(f"unknown training option(s) {', '.join(unknown)}; valid: {', '.join(names)}")
-        kwargs: dict[str, Any] = {}
-        for key, value in data.items():
-            default = getattr(cls, key)
-            try:
-                if isinstance(default, bool):
-                    kwargs[key] = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
-                elif isinstance(default, (int, float, str)):
-                    kwargs[key] = type(default)(value)
-                else:
-                    kwargs[key] = value
-            except (TypeError, ValueError):
-                raise ConfigError(f"training.{key}={value!r}: expected {type(default).__name__}") from None
-        return cls(**kwargs)
+        return cls(**data)
 
 
 def seed_everything(seed: int) -> None:
@@ -221,8 +356,23 @@ class Trainer:
         self.best_state: dict[str, Tensor] | None = None
         self.bad_epochs = 0
         self.history: list[dict[str, Any]] = []
+        self.last_loss_terms: dict[str, float] = {}
         self.epoch_seconds: list[float] = []
         self.test_evaluated = False
+        self._attach_plugins()
+
+    def _attach_plugins(self) -> None:
+        """Check that each plug-in can work with the model; hook before-fuse plug-ins into it."""
+        for plugin in self.plugins:
+            if plugin.needs_per_modality:
+                self.model.require_per_modality(f"per-modality parts, which the {plugin.name} plug-in needs")
+                if not self.model.use_unimodal_heads:
+                    raise ConfigError(
+                        f"the {plugin.name} plug-in needs unimodal logits but {self.model.model_name} was built "
+                        "with unimodal_heads=False; set model.unimodal_heads=true"
+                    )
+            if type(plugin).before_fuse is not TrainerPlugin.before_fuse:
+                self.model.register_before_fuse(lambda batch, codes, p=plugin: p.before_fuse(self, batch, codes))
 
     # -- set-up ----------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -320,15 +470,41 @@ class Trainer:
         """Per-utterance cross-entropy ``[N]`` (0 where unlabelled)."""
         return F.cross_entropy(logits, labels, weight=self.class_weights, ignore_index=IGNORE_INDEX, reduction="none")
 
-    def _reduce_loss(self, batch: Any, output: Any, per_utt: Tensor) -> Tensor:
+    def loss_terms(self, batch: Batch, output: ModelOutput) -> dict[str, Tensor]:
+        """Every term of the training loss under its name; the loss is their sum.
+
+        ``"classification"``: the cross-entropy of the fused logits, the utterances
+        weighted by the product of the plug-ins' :meth:`~TrainerPlugin.utterance_weights`
+        (sum over labelled utterances / their count); then the model's
+        ``aux_losses`` and the plug-ins' :meth:`~TrainerPlugin.loss_terms`.
+
+        Raises:
+            ConfigError: two terms share a name.
+        """
+        per_utt = self.utterance_loss(output.logits, batch.flat_labels)
+        weights: Tensor | None = None
         for plugin in self.plugins:
-            reduced = plugin.compute_loss(self, batch, output, per_utt)
-            if reduced is not None:
-                return reduced
+            w = plugin.utterance_weights(self, batch, output, per_utt)
+            if w is not None:
+                weights = w if weights is None else weights * w
+        if weights is not None:
+            per_utt = per_utt * weights
         labelled = batch.flat_labels != IGNORE_INDEX
-        return per_utt.sum() / labelled.sum().clamp_min(1)
+        terms: dict[str, Tensor] = {"classification": per_utt.sum() / labelled.sum().clamp_min(1)}
+        extra = [("the model", output.aux_losses)] + [(p.name, p.loss_terms(self, batch, output)) for p in self.plugins]
+        for source, losses in extra:
+            for name, value in losses.items():
+                if name in terms:
+                    raise ConfigError(f"loss term {name!r} of {source} is already defined; rename one of them")
+                terms[name] = value.float()
+        return terms
 
     def train_epoch(self) -> float:
+        """One epoch over the training dialogues the plug-ins choose; returns the mean loss.
+
+        The mean of every loss term over the epoch's batches is kept in
+        :attr:`last_loss_terms` (the history records it).
+        """
         self.model.train()
         indices = list(range(len(self.train_items)))
         for plugin in self.plugins:
@@ -337,16 +513,18 @@ class Trainer:
             plugin.on_epoch_start(self, self.epoch)
         items = [self.train_items[i] for i in indices]
         total, count = 0.0, 0
+        term_sums: dict[str, float] = {}
         for batch in iterate_batches(items, self.modalities, self.config.batch_size, shuffle=True, generator=self.generator):
             batch = batch.to(self.device)
             with self.autocast():
                 output = _float_logits(self.model(batch))
-                per_utt = self.utterance_loss(output.logits, batch.flat_labels)
-                loss = self._reduce_loss(batch, output, per_utt)
-                for aux in output.aux_losses.values():
-                    loss = loss + aux.float()
+                terms = self.loss_terms(batch, output)
+                loss = torch.stack(list(terms.values())).sum()
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at epoch {self.epoch}; lower training.lr or check the data")
+                bad = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+                raise FloatingPointError(
+                    f"loss became {loss.item()} at epoch {self.epoch} ({bad}); lower training.lr or check the data"
+                )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             for plugin in self.plugins:
@@ -359,6 +537,9 @@ class Trainer:
                 plugin.on_batch_end(self, batch, output, value)
             total += value * batch.batch_size
             count += batch.batch_size
+            for name, term in terms.items():
+                term_sums[name] = term_sums.get(name, 0.0) + float(term.detach()) * batch.batch_size
+        self.last_loss_terms = {name: v / max(count, 1) for name, v in term_sums.items()}
         return total / max(count, 1)
 
     @torch.no_grad()
@@ -415,6 +596,7 @@ class Trainer:
             self.epoch_seconds.append(time.perf_counter() - start)
             self.history.append({
                 "epoch": self.epoch, "train_loss": train_loss, "valid_loss": valid.get("loss"),
+                "train_loss_terms": dict(self.last_loss_terms),
                 "valid_weighted_f1": valid["weighted_f1"], "valid_accuracy": valid["accuracy"],
                 "lr": self.optimizer.param_groups[0]["lr"], "seconds": self.epoch_seconds[-1],
             })

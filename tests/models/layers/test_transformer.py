@@ -6,9 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from merc.models.layers.transformer import PackedTransformerEncoderLayer, pack_index
+from merc.models.layers.transformer import PackedTransformerEncoderLayer
 
 LENGTHS = (5, 1, 9, 3)
+
+
+def pack_index(padding: torch.Tensor) -> torch.Tensor:
+    """``long [N]`` row-major positions of the real steps (``Batch.flat_index`` order)."""
+    return (~padding).reshape(-1).nonzero().squeeze(1)
 
 
 def _padded(lengths: tuple[int, ...] = LENGTHS, dim: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,16 +10,21 @@ Transformer, an adjacency ``[B, S, S]`` for graph attention) and returns the pac
 
 Two evaluation paths, the same function:
 
-- float32 without dropout: :func:`torch.nn.functional.scaled_dot_product_attention`.
-- with dropout on the attention weights, or under CPU autocast
+- plain: :func:`torch.nn.functional.scaled_dot_product_attention` (with its own
+  dropout on the attention weights). Always taken with the fast kernels off
+  (:mod:`merc.models.layers.fast`, ``MERC_FAST_KERNELS=0``), and in float32 without
+  dropout.
+- fast, with dropout on the attention weights or under CPU autocast
   (``training.precision=bf16-mixed``): explicit ``softmax(q k^T / sqrt(dh) + bias) v``
-  with batched products, the scale and the mask riding in one ``baddbmm``. Under CPU
-  autocast the products run in bfloat16 with the slot count padded to a multiple of
+  with batched products, the scale and the mask riding in one ``baddbmm``, the weights
+  dropped by :func:`merc.models.layers.dropout.dropout`. Under CPU autocast the
+  products run in bfloat16 with the slot count padded to a multiple of
   :data:`STEP_BUCKET` (so that oneDNN reuses its compiled kernels, see
   :mod:`merc.models.layers.precision`; added slots are masked keys and dropped
   queries) and the softmax reads and writes bfloat16 (accumulating in float32). One
   CORECT text-Transformer attention (10 dialogues, 80 steps, 8 heads, forward and
-  backward with dropout, 1 thread) is timed both ways in ``bench/bench_cpu_kernels.py``.
+  backward with dropout, 1 thread) is timed both ways in ``bench/bench_cpu_kernels.py``
+  (results in ``bench/results/``).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from merc.models.layers.dropout import dropout
+from merc.models.layers.fast import fast_kernels_enabled
 from merc.models.layers.precision import cpu_autocast_active
 
 #: Slots per block are padded to a multiple of this under CPU autocast: attention cost
@@ -51,9 +57,8 @@ def scatter_heads(qkv: Tensor, index: Tensor, num_blocks: int, size: int, num_he
     Each part gets its own ``[B * S, d]`` grid (viewed head-major without a copy), not
     one ``[B * S, 3 * d]`` grid split by ``unbind``: the gradients attention returns then
     already have the grids' layout, whereas ``unbind``'s backward stacks and re-lays
-    them out. The time saved is within noise: a graph attention's forward and backward
-    took 21.0 ms with three grids and 20.4 ms with one in the latest run of
-    ``bench/bench_cpu_kernels.py`` (earlier runs favoured three grids).
+    them out. Any time saved is within noise (``bench/bench_cpu_kernels.py`` times both
+    layouts, results in ``bench/results/``); the three grids stay as the simpler code.
     """
     grids = []
     for part in qkv.chunk(3, dim=1):
@@ -91,16 +96,34 @@ def block_attention(
     Returns:
         ``[R, d]`` outputs, heads concatenated; float32 unless CPU autocast is active.
     """
-    batch, _, size = allowed.shape
     extra_rows = qkv.shape[0] - index.shape[0]
     if extra_rows < 0:
         raise ValueError(f"block_attention: {index.shape[0]} grid positions for {qkv.shape[0]} rows")
     if extra_rows:
         qkv = qkv[: index.shape[0]]
-    if dropout_p == 0.0 and not cpu_autocast_active(qkv):
-        q, k, v = scatter_heads(qkv, index, batch, size, num_heads)  # [B, H, S, dh]
-        out_index = F.pad(index, (0, extra_rows)) if extra_rows else index  # padding rows read slot 0
-        return gather_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None]), out_index)
+    if not fast_kernels_enabled() or (dropout_p == 0.0 and not cpu_autocast_active(qkv)):
+        out, index = _sdpa_attention(qkv, index, allowed, num_heads, dropout_p)
+    else:
+        out, index = _explicit_attention(qkv, index, allowed, num_heads, dropout_p)
+    # Padding rows read slot 0 (finite, unspecified).
+    return gather_heads(out, F.pad(index, (0, extra_rows)) if extra_rows else index)
+
+
+def _sdpa_attention(
+    qkv: Tensor, index: Tensor, allowed: Tensor, num_heads: int, dropout_p: float,
+) -> tuple[Tensor, Tensor]:
+    """The plain path: PyTorch's ``scaled_dot_product_attention``; ``([B, H, S, dh] outputs, index)``."""
+    batch, _, size = allowed.shape
+    q, k, v = scatter_heads(qkv, index, batch, size, num_heads)  # [B, H, S, dh]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None], dropout_p=dropout_p), index
+
+
+def _explicit_attention(
+    qkv: Tensor, index: Tensor, allowed: Tensor, num_heads: int, dropout_p: float,
+) -> tuple[Tensor, Tensor]:
+    """The fast path: explicit batched products and softmax, bfloat16 at bucketed sizes under CPU
+    autocast; ``([B, H, S', dh] outputs, the rows' positions in that grid)``."""
+    batch, _, size = allowed.shape
     if cpu_autocast_active(qkv):
         qkv = qkv.to(torch.get_autocast_dtype("cpu"))
         extra = -size % STEP_BUCKET
@@ -120,8 +143,7 @@ def block_attention(
     # float32 and rounds the weights once, as a float32 softmax cast back would, without
     # the two casts of [B * H, S, S] forward and two backward.
     weights = dropout(torch.softmax(scores, dim=-1), dropout_p)
-    out = torch.bmm(weights, v).view(batch, num_heads, size, head_dim)
-    return gather_heads(out, F.pad(index, (0, extra_rows)) if extra_rows else index)
+    return torch.bmm(weights, v).view(batch, num_heads, size, head_dim), index
 
 
 __all__ = ["STEP_BUCKET", "block_attention", "gather_heads", "scatter_heads"]

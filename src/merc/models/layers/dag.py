@@ -7,7 +7,7 @@ Section 2.1.2, eqs. 3-6).
 
 Two pieces, both vectorised over the dialogues of a padded batch:
 
-- :func:`dag_adjacency` builds the dense ``[B, T, T]`` predecessor mask of every dialogue
+- :func:`merc.data.graphs.dag_adjacency` builds the dense ``[B, T, T]`` predecessor mask of every dialogue
   (edge list builders for graph libraries live in :mod:`merc.data`; a recurrent DAG
   layer wants the dense mask).
 - :class:`DAGLayer` is one DAG-GNN layer. Nodes are computed in topological order, i.e.
@@ -25,57 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from merc.errors import ConfigError, resolve_choice
-
-
-def dag_adjacency(lengths: Tensor, parties: Tensor, speaker_window: int = 1) -> tuple[Tensor, Tensor]:
-    """Dense DAG predecessor masks of a padded batch of dialogues (DAG-ERC's graph).
-
-    Utterance ``i`` receives an edge from every earlier utterance ``j < i`` back to, and
-    including, the ``speaker_window``-th most recent earlier utterance of its own speaker
-    (DAG-ERC's graph construction, ``get_adj_v1`` with ``windowp`` in its code). A speaker's first utterance (fewer than
-    ``speaker_window`` earlier ones of its own) is linked to every earlier utterance. With
-    ``speaker_window=1`` in a dyadic dialogue ``A B B A`` the last ``A`` receives edges from
-    both ``B`` and the first ``A``.
-
-    Vectorised: ``j`` is a predecessor of ``i`` iff ``j < i`` and fewer than
-    ``speaker_window`` utterances of ``i``'s speaker lie strictly between ``j`` and ``i``.
-
-    Args:
-        lengths: ``long [B]`` utterances per dialogue.
-        parties: ``long [B, T]`` per-dialogue speaker index (padding values are ignored).
-        speaker_window: How many of the speaker's own previous turns the edges reach back
-            to. Default 1 (DAG-ERC and MultiDAG+CL code, ``--windowp 1``).
-
-    Returns:
-        ``(adj, same_speaker)``: ``adj[b, i, j]`` is true iff ``j`` is a DAG predecessor
-        of ``i``; ``same_speaker[b, i, j]`` is true iff both are real utterances of the
-        same speaker (the edge relation of eq. 4). Both false at padding.
-
-    Shapes:
-        - input: ``lengths [B]``, ``parties [B, T]``
-        - output: ``bool [B, T, T]`` twice
-
-    >>> adj, same = dag_adjacency(torch.tensor([4]), torch.tensor([[0, 1, 1, 0]]))
-    >>> adj[0].int().tolist()
-    [[0, 0, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0], [1, 1, 1, 0]]
-    """
-    if speaker_window < 1:
-        raise ConfigError(f"speaker_window must be >= 1, got {speaker_window}")
-    b, t = parties.shape
-    device = parties.device
-    pos = torch.arange(t, device=device)
-    valid = pos[None, :] < lengths.to(device)[:, None]  # [B, T]
-    pair_valid = valid[:, :, None] & valid[:, None, :]
-    same = (parties[:, :, None] == parties[:, None, :]) & pair_valid  # [B, T(i), T(j)]
-    earlier = pos[None, :] < pos[:, None]  # [T(i), T(j)]: j < i
-    own_earlier = (same & earlier).to(torch.int32)
-    # own_between[b, i, j] = number of k with j < k < i spoken by i's speaker (reverse
-    # cumulative sum over k, minus k = j itself).
-    own_from = own_earlier.flip(-1).cumsum(-1).flip(-1)
-    own_between = own_from - own_earlier
-    adj = earlier & pair_valid & (own_between < speaker_window)
-    return adj, same
+from merc.errors import resolve_choice
 
 
 def predecessor_windows(adj: Tensor) -> list[int]:
@@ -260,4 +210,4 @@ def _gru(gi: Tensor, gh: Tensor, h: Tensor) -> Tensor:
     return n + z * (h - n)
 
 
-__all__ = ["DAGLayer", "DAGSchedule", "dag_adjacency", "dag_schedule", "predecessor_windows"]
+__all__ = ["DAGLayer", "DAGSchedule", "dag_schedule", "predecessor_windows"]

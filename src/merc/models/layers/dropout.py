@@ -1,9 +1,13 @@
-"""Dropout whose mask comes from random bits: the same distribution as ``F.dropout``, much cheaper on CPU.
+"""Dropout whose mask comes from random bits: the same distribution as ``F.dropout``, cheaper on CPU.
+
+A fast path behind :mod:`merc.models.layers.fast` (``MERC_FAST_KERNELS=0`` or
+``use_fast_kernels(False)``: plain ``F.dropout`` / ``nn.Dropout``).
 
 PyTorch draws a CPU dropout mask with ``Tensor.bernoulli_(1 - p)``, which on non-Intel
-CPUs is a serial loop drawing one double-precision uniform per element (about 20 ns
-an element on the 2-core AMD machine merc is benchmarked on): CORECT's text Transformer
-spent more time drawing dropout masks than in its feed-forward matrix products.
+CPUs is a serial loop drawing one double-precision uniform per element: CORECT's text
+Transformer spent more time drawing dropout masks than in its feed-forward matrix
+products. (``bench/bench_cpu_kernels.py``, results in ``bench/results/``, times the
+mask kernels chosen here; ``F.dropout`` against :func:`dropout` has no row there yet.)
 
 Here the keep probability ``q = 1 - p`` is written as ``a / 2**k``; each mask element
 compares one ``k``-bit field of uniformly random integers with ``a``, so a single 32-bit
@@ -13,8 +17,8 @@ multiple of ``1/256`` it uses one 32-bit field per element, i.e. ``q`` rounded t
 multiple of ``2**-32`` (an error below ``1.2e-10``, far below float32's resolution
 of the kept values). Kept values are scaled by ``1 / q`` as in ``F.dropout``.
 
-The bits come from ``torch.randint`` on the default (or given) generator, so results
-are reproducible under ``torch.manual_seed``; the random stream differs from
+The bits come from ``torch.randint`` on the default generator, so results are
+reproducible under ``torch.manual_seed``; the random stream differs from
 ``F.dropout``'s, the distribution does not. On other devices :func:`dropout` and
 :func:`relu_dropout` call ``F.dropout`` (fused and fast on GPUs).
 """
@@ -27,6 +31,8 @@ from fractions import Fraction
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from merc.models.layers.fast import fast_kernels_enabled
 
 _INT32_SPAN = 2**32
 
@@ -44,17 +50,18 @@ def _bit_field(keep: float) -> tuple[int, int]:
     return 32, round(keep * _INT32_SPAN)
 
 
-def _bit_fields(n: int, k: int, device: torch.device | str | None, generator: torch.Generator | None) -> Tensor:
+def _bit_fields(n: int, k: int, device: torch.device) -> Tensor:
     """``uint8 [>= n]`` independent uniform ``k``-bit integers (``k`` in 1, 2, 4, 8)."""
     per_byte = 8 // k
     n_bytes = -(-n // per_byte)
     # An int32 draw is 32 uniform bits (torch.randint reduces one 64-bit draw modulo 2**32).
-    words = torch.randint(-(2**31), 2**31, (-(-n_bytes // 4),), dtype=torch.int32, device=device, generator=generator)
+    words = torch.randint(-(2**31), 2**31, (-(-n_bytes // 4),), dtype=torch.int32, device=device)
     octets = words.view(torch.uint8)[:n_bytes]
     # Field i of every byte in row i of a [per_byte, n_bytes] result: one broadcast shift
-    # whose inner dimension runs over all bytes (vectorised); the transposed broadcast
-    # [n_bytes, 8] has an inner dimension of 8 and ran 7x slower on CPU, one shift per
-    # row is 8 operations instead of one (bench/bench_cpu_kernels.py).
+    # whose inner dimension runs over all bytes (vectorised). The transposed broadcast
+    # [n_bytes, 8] has an inner dimension of 8, which CPU kernels vectorise poorly, and
+    # one shift per row is 8 operations instead of one; bench/bench_cpu_kernels.py times
+    # all three (results in bench/results/).
     shifts = _field_shifts(k, octets.device)
     return torch.bitwise_right_shift(octets, shifts).bitwise_and_(2**k - 1).view(-1)
 
@@ -70,54 +77,33 @@ def _field_shifts(k: int, device: torch.device) -> Tensor:
     return _SHIFTS[key]
 
 
-def _keep_bytes(
-    shape: tuple[int, ...] | torch.Size, keep: float, device: torch.device | str | None,
-    generator: torch.Generator | None,
-) -> Tensor:
+def _keep_bytes(shape: tuple[int, ...] | torch.Size, keep: float, device: torch.device) -> Tensor:
     """``uint8`` 0/1 tensor of ``shape``, each element 1 with probability ``keep`` (in (0, 1)).
 
-    uint8 rather than bool because CPU kernels that read bool (``bool * float``,
-    ``bool.to(bfloat16)``) run 3-8x slower than from uint8 (``bench/bench_cpu_kernels.py``).
+    uint8 rather than bool because PyTorch's CPU kernels that read bool (``bool * float``,
+    ``bool.to(bfloat16)``) are slower than the same kernels reading uint8
+    (``bench/bench_cpu_kernels.py``, results in ``bench/results/``).
     """
     n = math.prod(shape)
     k, threshold = _bit_field(keep)
     if k == 32:
         # One uniform 32-bit integer per element, compared in the signed int32 range.
-        words = torch.randint(-(2**31), 2**31, (n,), dtype=torch.int32, device=device, generator=generator)
+        words = torch.randint(-(2**31), 2**31, (n,), dtype=torch.int32, device=device)
         return (words < threshold - 2**31).view(torch.uint8).view(tuple(shape))
-    fields = _bit_fields(n, k, device, generator)[:n]
+    fields = _bit_fields(n, k, device)[:n]
     # k = 1, a = 1: a set bit is as likely as a clear one; the 0/1 bytes are the mask already.
     mask = fields if k == 1 else (fields < threshold).view(torch.uint8)
     return mask.view(tuple(shape))
 
 
-def bernoulli_mask(
-    shape: tuple[int, ...] | torch.Size, keep: float, device: torch.device | str | None = None,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """``bool`` tensor of ``shape`` whose elements are independently true with probability ``keep``.
-
-    See the module docstring for how ``keep`` is represented.
-
-    >>> m = bernoulli_mask((1000, 100), 0.5)
-    >>> m.dtype, abs(m.float().mean().item() - 0.5) < 0.01
-    (torch.bool, True)
-    """
-    if not 0.0 <= keep <= 1.0:
-        raise ValueError(f"keep probability must be in [0, 1], got {keep}")
-    if keep in (0.0, 1.0) or math.prod(shape) == 0:
-        return torch.full(tuple(shape), keep == 1.0, dtype=torch.bool, device=device)
-    return _keep_bytes(shape, keep, device, generator).view(torch.bool)
-
-
-def keep_multiplier(like: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:
+def keep_multiplier(like: Tensor, p: float) -> Tensor:
     """Dropout's multiplier for ``like`` (same shape and dtype): ``1 / (1 - p)`` where kept, ``0`` where dropped."""
     keep = 1.0 - p
     if keep == 0.0 or like.numel() == 0:
         return torch.zeros_like(like)
     if keep == 1.0:
         return torch.ones_like(like)
-    return _keep_bytes(like.shape, keep, like.device, generator).to(like.dtype).mul_(1.0 / keep)
+    return _keep_bytes(like.shape, keep, like.device).to(like.dtype).mul_(1.0 / keep)
 
 
 class _ScaledReluMask(torch.autograd.Function):
@@ -145,26 +131,28 @@ class _ScaledReluMask(torch.autograd.Function):
         return grad_x, None, None
 
 
-def dropout(x: Tensor, p: float, training: bool = True, generator: torch.Generator | None = None) -> Tensor:
-    """``F.dropout(x, p, training)`` with a bit-sampled mask (see the module docstring)."""
+def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
+    """``F.dropout(x, p, training)``; on CPU with the fast kernels on, with a bit-sampled mask
+    (see the module docstring)."""
+    if not fast_kernels_enabled() or x.device.type != "cpu":
+        return F.dropout(x, p, training)  # the plain path (on GPUs fused and fast already)
     if not training or p == 0.0:
         return x
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability must be in [0, 1], got {p}")
-    if x.device.type != "cpu" and generator is None:
-        return F.dropout(x, p, training)  # GPU dropout is fused and fast already
     if p == 1.0:
         return x * 0.0
-    return x * keep_multiplier(x, p, generator)
+    return x * keep_multiplier(x, p)
 
 
 def relu_dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
-    """``dropout(relu(x), p, training)``: one ReLU and one in-place product forward, one
-    ``threshold_backward`` and one scaling backward (``_ScaledReluMask``)."""
+    """``F.dropout(F.relu(x), p, training)``; on CPU with the fast kernels on, one ReLU and one
+    in-place product forward, one ``threshold_backward`` and one scaling backward
+    (``_ScaledReluMask``), with a bit-sampled mask."""
+    if not fast_kernels_enabled() or x.device.type != "cpu":
+        return F.dropout(F.relu(x), p, training)  # the plain path
     if not training or p == 0.0:
         return F.relu(x)
-    if x.device.type != "cpu":
-        return F.dropout(F.relu(x), p, training)
     if p == 1.0:
         return x * 0.0
     keep = 1.0 - p
@@ -172,12 +160,13 @@ def relu_dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
 
 
 class FastDropout(nn.Dropout):
-    """Drop-in :class:`torch.nn.Dropout` using :func:`dropout` (same ``p``, same state dict)."""
+    """Drop-in :class:`torch.nn.Dropout` using :func:`dropout` (same ``p``, same state dict);
+    exactly ``nn.Dropout`` with the fast kernels off."""
 
     def forward(self, input: Tensor) -> Tensor:
-        if self.inplace:
+        if self.inplace or not fast_kernels_enabled():
             return super().forward(input)
         return dropout(input, self.p, self.training)
 
 
-__all__ = ["FastDropout", "bernoulli_mask", "dropout", "keep_multiplier", "relu_dropout"]
+__all__ = ["FastDropout", "dropout", "keep_multiplier", "relu_dropout"]

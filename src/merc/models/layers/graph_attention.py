@@ -15,7 +15,13 @@ with :func:`merc.models.layers.attention.block_attention` on ``[B, H, S, S]``, f
 the module's own weights (bfloat16 products at bucketed shapes under CPU autocast);
 PyG instead gathers ``[E, H, C]`` query, key and value copies per edge and scatters
 them back, memory-bound work that cost CORECT's text-only IEMOCAP epoch more than the
-Transformer's matrix products on the same nodes.
+Transformer's matrix products on the same nodes (``bench/bench_corect.py`` and
+``bench/bench_corect_ops.py`` time CORECT's epoch, results in ``bench/results/``).
+
+A fast path behind :mod:`merc.models.layers.fast` (``MERC_FAST_KERNELS=0`` or
+``use_fast_kernels(False)``): off, :func:`supports_block_attention` is false, so
+callers run the ``TransformerConv`` itself, and :func:`block_transformer_conv` calls
+``conv(x, edge_index)``.
 
 Same function (up to float rounding) for graphs whose edges never leave a block and
 hold no duplicate ``(source, target)`` pair (a duplicate counts twice in PyG's
@@ -33,6 +39,7 @@ from torch import Tensor
 from torch_geometric.nn import TransformerConv
 
 from merc.models.layers.attention import block_attention
+from merc.models.layers.fast import fast_kernels_enabled
 from merc.models.layers.precision import linear
 
 
@@ -53,8 +60,14 @@ class NodeBlocks(NamedTuple):
 
 
 def supports_block_attention(conv: TransformerConv) -> bool:
-    """Whether :func:`block_transformer_conv` reproduces ``conv``: concatenated heads, root
-    weight without beta gating, no edge features, no attention dropout in training."""
+    """Whether to evaluate ``conv`` by :func:`block_transformer_conv`: the fast kernels are on
+    (:mod:`merc.models.layers.fast`) and block attention reproduces ``conv``."""
+    return fast_kernels_enabled() and _block_equivalent(conv)
+
+
+def _block_equivalent(conv: TransformerConv) -> bool:
+    """Whether block attention reproduces ``conv``: concatenated heads, root weight without
+    beta gating, no edge features, no attention dropout in training."""
     return (
         bool(conv.concat) and bool(conv.root_weight) and conv.lin_beta is None and conv.lin_edge is None
         and (conv.dropout == 0.0 or not conv.training)
@@ -79,10 +92,13 @@ def block_adjacency(edge_index: Tensor, blocks: NodeBlocks) -> Tensor:
 def block_transformer_conv(
     conv: TransformerConv, x: Tensor, edge_index: Tensor, blocks: NodeBlocks, adjacency: Tensor | None = None,
 ) -> Tensor:
-    """``conv(x, edge_index)`` as masked dense attention inside blocks (see the module docstring).
+    """``conv(x, edge_index)`` as masked dense attention inside blocks (see the module docstring);
+    with the fast kernels off, ``conv(x, edge_index)`` itself.
 
     Args:
-        conv: A ``TransformerConv`` for which :func:`supports_block_attention` holds.
+        conv: A ``TransformerConv`` that block attention reproduces (concatenated heads,
+            root weight without beta gating, no edge features, no attention dropout in
+            training).
         x: ``[V, F]`` node features.
         edge_index: ``long [2, E]`` (source, target), no duplicate pairs.
         blocks: The block and slot of every node.
@@ -90,8 +106,13 @@ def block_transformer_conv(
 
     Returns:
         ``[V, heads * out_channels]``.
+
+    Raises:
+        ValueError: Block attention does not reproduce ``conv`` (fast kernels on).
     """
-    if not supports_block_attention(conv):
+    if not fast_kernels_enabled():
+        return conv(x, edge_index)  # the plain path: PyG's TransformerConv.forward
+    if not _block_equivalent(conv):
         raise ValueError("this TransformerConv configuration has no block-attention equivalent; call it directly")
     heads = conv.heads
     allowed = adjacency if adjacency is not None else block_adjacency(edge_index, blocks)

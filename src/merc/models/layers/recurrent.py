@@ -12,8 +12,11 @@ from merc.errors import resolve_choice
 _RNNS: dict[str, Any] = {"lstm": nn.LSTM, "gru": nn.GRU}
 
 
-class DialogueRNN(nn.Module):
-    """A (bi)directional LSTM/GRU run over each dialogue's utterances.
+class ContextualRNN(nn.Module):
+    """A (bi)directional LSTM/GRU run over each dialogue's utterances (the contextual level of bc-LSTM).
+
+    Not DialogueRNN (Majumder et al., 2019), which tracks party states: this is the
+    plain recurrent context encoder that bc-LSTM, MultiDAG and GCNet share.
 
     Padding never reaches the recurrence (packed sequences), so a dialogue's output does
     not depend on how long the other dialogues in its batch are.
@@ -55,10 +58,4 @@ class DialogueRNN(nn.Module):
         return out
 
 
-def masked_mean(x: Tensor, mask: Tensor, dim: int = 1) -> Tensor:
-    """Mean of ``x`` over ``dim`` counting only positions where ``mask`` is true."""
-    m = mask.unsqueeze(-1).to(x.dtype)
-    return (x * m).sum(dim) / m.sum(dim).clamp_min(1.0)
-
-
-__all__ = ["DialogueRNN", "masked_mean"]
+__all__ = ["ContextualRNN"]

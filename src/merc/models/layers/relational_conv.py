@@ -16,6 +16,12 @@ count, and the ``[V, R * F]`` result multiplies the stacked ``[R * F, F']`` rela
 weights in one matrix product (the same FLOPs as PyG's ``R`` products of ``[V, F]``).
 Same function up to float rounding (the relation terms are summed in another order);
 ``tests/models/layers/test_relational_conv.py`` checks outputs and gradients against PyG.
+``bench/bench_cpu_kernels.py`` times both on a CORECT graph (results in ``bench/results/``).
+
+A fast path behind :mod:`merc.models.layers.fast` (``MERC_FAST_KERNELS=0`` or
+``use_fast_kernels(False)``): off, :func:`supports_fused_rgcn` is false, so callers
+run the ``RGCNConv`` itself, and :func:`relational_mean_conv` calls
+``conv(x, edge_index, edge_type)``.
 """
 
 from __future__ import annotations
@@ -24,10 +30,18 @@ import torch
 from torch import Tensor
 from torch_geometric.nn import RGCNConv
 
+from merc.models.layers.fast import fast_kernels_enabled
+
 
 def supports_fused_rgcn(conv: RGCNConv, x: Tensor) -> bool:
-    """Whether :func:`relational_mean_conv` reproduces ``conv(x, ...)``: no basis or block
-    decomposition, mean aggregation, floating-point node features (not node indices)."""
+    """Whether to evaluate ``conv(x, ...)`` by :func:`relational_mean_conv`: the fast kernels are
+    on (:mod:`merc.models.layers.fast`) and the fused form reproduces it."""
+    return fast_kernels_enabled() and _fused_equivalent(conv, x)
+
+
+def _fused_equivalent(conv: RGCNConv, x: Tensor) -> bool:
+    """Whether the fused form reproduces ``conv(x, ...)``: no basis or block decomposition,
+    mean aggregation, floating-point node features (not node indices)."""
     return (
         conv.num_bases is None and conv.num_blocks is None and conv.aggr == "mean"
         and isinstance(x, Tensor) and x.is_floating_point()
@@ -35,10 +49,12 @@ def supports_fused_rgcn(conv: RGCNConv, x: Tensor) -> bool:
 
 
 def relational_mean_conv(conv: RGCNConv, x: Tensor, edge_index: Tensor, edge_type: Tensor) -> Tensor:
-    """``conv(x, edge_index, edge_type)`` for an ``RGCNConv`` with :func:`supports_fused_rgcn`.
+    """``conv(x, edge_index, edge_type)`` in one gather, scatter and product; with the fast
+    kernels off, ``conv(x, edge_index, edge_type)`` itself.
 
     Args:
-        conv: The module (its ``weight [R, F, F']``, ``root [F, F']`` or None, ``bias [F']`` or None).
+        conv: The module (its ``weight [R, F, F']``, ``root [F, F']`` or None, ``bias [F']``
+            or None), without basis or block decomposition, ``aggr="mean"``.
         x: ``[V, F]`` node features.
         edge_index: ``long [2, E]`` (source, target).
         edge_type: ``long [E]`` relation of each edge, in ``0 .. R - 1``.
@@ -47,9 +63,12 @@ def relational_mean_conv(conv: RGCNConv, x: Tensor, edge_index: Tensor, edge_typ
         ``[V, F']``.
 
     Raises:
-        ValueError: ``conv`` is not supported, or an edge type is out of range.
+        ValueError: ``conv`` has no fused equivalent, or an edge type is out of range
+            (fast kernels on).
     """
-    if not supports_fused_rgcn(conv, x):
+    if not fast_kernels_enabled():
+        return conv(x, edge_index, edge_type)  # the plain path: PyG's RGCNConv.forward
+    if not _fused_equivalent(conv, x):
         raise ValueError("this RGCNConv configuration has no fused equivalent; call it directly")
     num_nodes, in_dim = x.shape
     num_relations = conv.num_relations

@@ -15,34 +15,28 @@ as a flat ``[N, d]`` tensor:
   :func:`merc.models.layers.attention.block_attention` (which drops attention weights
   with :func:`merc.models.layers.dropout.dropout`);
 - dropouts draw their masks from random bits (:mod:`merc.models.layers.dropout`): same
-  distribution, a fraction of the CPU time of ``Tensor.bernoulli_``.
+  distribution, cheaper on CPU than ``Tensor.bernoulli_``.
 
 Outputs at the real positions equal PyTorch's ``layer(x, src_key_padding_mask=padding)``
 up to float rounding (``tests/models/layers/test_transformer.py``); in training mode
 the dropout masks are drawn from another random stream.
+
+A fast path behind :mod:`merc.models.layers.fast` (``MERC_FAST_KERNELS=0`` or
+``use_fast_kernels(False)``): off, ``forward_packed`` scatters the rows into the padded
+``[B, T, d]`` batch, runs PyTorch's own ``forward`` on it and reads the real rows back.
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from merc.errors import ConfigError
 from merc.models.layers.attention import block_attention
 from merc.models.layers.dropout import dropout, relu_dropout
+from merc.models.layers.fast import fast_kernels_enabled
 from merc.models.layers.precision import linear
-
-
-def pack_index(padding: Tensor) -> Tensor:
-    """``long [N]`` row-major positions of the real (non-padded) steps of a ``bool [B, T]`` padding mask.
-
-    The order of :attr:`merc.data.batching.Batch.flat_index` (dialogue-major).
-
-    >>> import torch
-    >>> pack_index(torch.tensor([[False, True], [False, False]])).tolist()
-    [0, 2, 3]
-    """
-    return (~padding).reshape(-1).nonzero().squeeze(1)
 
 
 def packed_self_attention(
@@ -77,7 +71,8 @@ class PackedTransformerEncoderLayer(nn.TransformerEncoderLayer):
         - x: ``[R, d]``: the ``N`` real positions in ``flat_index`` order, then
           ``R - N >= 0`` padding rows (:func:`merc.models.layers.precision.pad_rows`),
           carried along but never attended to
-        - flat_index: ``long [N]`` positions in the ``B * T`` grid (:func:`pack_index`)
+        - flat_index: ``long [N]`` positions in the ``B * T`` grid, row-major
+          (:attr:`merc.data.batching.Batch.flat_index`)
         - padding: ``bool [B, T]`` (true = padding)
         - output: ``[R, d]``
     """
@@ -105,11 +100,28 @@ class PackedTransformerEncoderLayer(nn.TransformerEncoderLayer):
 
     def forward_packed(self, x: Tensor, flat_index: Tensor, padding: Tensor) -> Tensor:
         """The layer on packed sequences; ``forward(x_padded, src_key_padding_mask=padding)`` at the real rows."""
+        if not fast_kernels_enabled():
+            return self._forward_padded(x, flat_index, padding)
         if self.norm_first:
             x = x + self._attention_block(self.norm1(x), flat_index, padding)
             return x + self._feed_forward_block(self.norm2(x))
         x = self.norm1(x + self._attention_block(x, flat_index, padding))
         return self.norm2(x + self._feed_forward_block(x))
 
+    def _forward_padded(self, x: Tensor, flat_index: Tensor, padding: Tensor) -> Tensor:
+        """The plain path: PyTorch's ``forward`` on the padded batch, read back at the real rows
+        (row padding past them is returned unchanged)."""
+        batch, steps = padding.shape
+        rows = flat_index.shape[0]
+        grid = x.new_zeros(batch * steps, x.shape[1]).index_copy(0, flat_index, x[:rows])
+        grid = grid.view(batch, steps, -1)
+        if not self.self_attn.batch_first:
+            grid = grid.transpose(0, 1)
+        out = self.forward(grid, src_key_padding_mask=padding)
+        if not self.self_attn.batch_first:
+            out = out.transpose(0, 1)
+        real = out.reshape(batch * steps, -1).index_select(0, flat_index)
+        return torch.cat([real, x[rows:]]) if x.shape[0] > rows else real
 
-__all__ = ["PackedTransformerEncoderLayer", "pack_index", "packed_self_attention"]
+
+__all__ = ["PackedTransformerEncoderLayer", "packed_self_attention"]

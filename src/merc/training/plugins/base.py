@@ -1,18 +1,24 @@
 """The trainer plug-in interface.
 
 A plug-in changes *how* a model is trained without touching the model: curricula choose
-which dialogues an epoch sees, self-paced learning reweights the loss, gradient
-modulation (OGM-GE, Ada2I, PGM) rescales gradients between ``backward()`` and the
-optimiser step. Plug-ins see models only through :class:`merc.models.ModelOutput`.
+which dialogues an epoch sees, self-paced learning reweights the utterances' losses,
+prediction modulation (OPM) changes the modality codes before fusion, auxiliary
+objectives add named loss terms, gradient modulation (OGM-GE, Ada2I, PGM) rescales
+gradients between ``backward()`` and the optimiser step. Plug-ins see models only
+through the model contract: :class:`merc.models.ModelOutput`, the codes passed to
+:meth:`TrainerPlugin.before_fuse` and :meth:`merc.models.MercModel.modality_parameters`.
+
+Plug-ins compose: utterance weights multiply, loss terms add up under their names (the
+trainer logs each), before-fuse hooks run in order, gradient hooks run in order.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from torch import Tensor
-
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from merc.data.batching import Batch
     from merc.models.output import ModelOutput
     from merc.training.trainer import Trainer
@@ -22,13 +28,17 @@ class TrainerPlugin:
     """Base class; every hook is a no-op. Override the ones a plug-in needs.
 
     Hooks in call order: :meth:`on_fit_start`; per epoch :meth:`select_training_dialogues`,
-    :meth:`on_epoch_start`; per batch :meth:`compute_loss`, :meth:`after_backward`
-    (gradients exist, the optimiser has not stepped), :meth:`on_batch_end`; then
+    :meth:`on_epoch_start`; per batch :meth:`before_fuse` (inside the model's forward),
+    :meth:`utterance_weights`, :meth:`loss_terms`, :meth:`after_backward` (gradients
+    exist, the optimiser has not stepped), :meth:`on_batch_end`; then
     :meth:`on_epoch_end`. :meth:`state_dict` / :meth:`load_state_dict` let a resumed
     run continue the plug-in where it stopped.
     """
 
     name: str = "plugin"
+    #: The plug-in needs per-modality parts (unimodal logits, codes, parameter groups);
+    #: the trainer refuses a model that fuses early with a clear error.
+    needs_per_modality: bool = False
 
     def on_fit_start(self, trainer: Trainer) -> None:
         """Called once before the first epoch (after a resume, too)."""
@@ -40,12 +50,28 @@ class TrainerPlugin:
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
         """Called at the start of each epoch, after the dialogues were chosen."""
 
-    def compute_loss(
+    def before_fuse(self, trainer: Trainer, batch: Batch, codes: dict[str, Tensor]) -> dict[str, Tensor] | None:
+        """Change the modality codes ``{m: [N, h_m]}`` before the model fuses them (or ``None``).
+
+        Only called for plug-ins that override it; the model must encode per modality.
+        Runs in evaluation too: check ``trainer.model.training`` to act in training only.
+        """
+        return None
+
+    def utterance_weights(
         self, trainer: Trainer, batch: Batch, output: ModelOutput, utterance_loss: Tensor
     ) -> Tensor | None:
-        """Reduce the per-utterance classification loss ``[N]`` to a scalar, or ``None``
-        to keep the trainer's mean. Auxiliary losses are added afterwards."""
+        """Weights ``[N]`` of the per-utterance classification losses ``[N]`` (or ``None``: all 1).
+
+        The weights of several plug-ins multiply. The classification term is
+        ``sum(w * loss) / (number of labelled utterances)``: with unit weights the mean,
+        with 0/1 weights the self-paced objective over the selected utterances.
+        """
         return None
+
+    def loss_terms(self, trainer: Trainer, batch: Batch, output: ModelOutput) -> dict[str, Tensor]:
+        """Named scalar losses to add (weighted already); names must differ from the model's."""
+        return {}
 
     def after_backward(self, trainer: Trainer, batch: Batch, output: ModelOutput) -> None:
         """Between ``loss.backward()`` and ``optimizer.step()``: gradient modulation acts here."""

@@ -54,8 +54,8 @@ import numpy as np
 
 from merc.data.schema import UNLABELLED, MercDataset
 from merc.errors import ConfigError, DataError, resolve_choice
-from merc.training.plugins import register_plugin
 from merc.training.plugins.base import TrainerPlugin
+from merc.training.plugins.registry import PluginOption, register_plugin
 
 if TYPE_CHECKING:
     from merc.training.trainer import Trainer
@@ -177,7 +177,13 @@ class EmotionShiftCurriculum(TrainerPlugin):
         self.last_epoch = int(state.get("last_epoch", -1))
 
 
-@register_plugin("curriculum")
+@register_plugin(
+    "curriculum",
+    help="curriculum plug-in (MultiDAG+CL): emotion-shift difficulty, baby-step buckets",
+    switch="curriculum", switch_key="strategy", choices=STRATEGIES,
+    options=(PluginOption("buckets", "buckets", int,
+                          "curriculum buckets (default: the dataset's, 5 for IEMOCAP, 12 for MELD: MultiDAG+CL Table 4)"),),
+)
 def build_curriculum(section: dict[str, Any], dataset: MercDataset) -> EmotionShiftCurriculum | None:
     """Build the curriculum from a recipe's ``curriculum:`` section (``None`` when off).
 
@@ -192,7 +198,10 @@ def build_curriculum(section: dict[str, Any], dataset: MercDataset) -> EmotionSh
     if strategy == "none":
         return None
     if "buckets" not in section:
-        raise ConfigError("curriculum.buckets is required (MultiDAG+CL Table 4: 5 for IEMOCAP, 12 for MELD)")
+        raise ConfigError(
+            f"curriculum.buckets is required for dataset {dataset.name!r} (it has no default; MultiDAG+CL "
+            "Table 4: 5 for IEMOCAP, 12 for MELD): pass --buckets K or curriculum.buckets=K"
+        )
     raw = section["buckets"]
     if isinstance(raw, bool) or not isinstance(raw, (int, float)) or int(raw) != raw or int(raw) < 1:
         raise ConfigError(f"curriculum.buckets must be a positive integer, got {raw!r}")
