@@ -23,6 +23,7 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 
 typecheck: setup
 	$(BIN)/mypy

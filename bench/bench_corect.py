@@ -94,9 +94,14 @@ RESULTS = Path(__file__).parent / "results" / "corect.json"
 def merc_recipe(epochs: int, precision: str = "32") -> dict[str, Any]:
     """merc's corect/iemocap6 recipe at run_train.sh's lr and batch size, at ``training.precision``."""
     return resolve_recipe(
-        "corect", "iemocap6",
-        [f"training.lr={LR}", f"training.batch_size={BATCH_SIZE}", f"training.epochs={epochs}",
-         f"training.precision={precision}"],
+        "corect",
+        "iemocap6",
+        [
+            f"training.lr={LR}",
+            f"training.batch_size={BATCH_SIZE}",
+            f"training.epochs={epochs}",
+            f"training.precision={precision}",
+        ],
     )
 
 
@@ -112,15 +117,17 @@ def write_reference_pickle(data: MercDataset, folder: Path) -> Path:
             if min(labels) < 0:
                 raise ValueError(f"{conv.id}: unlabelled utterances; the reference cannot train on them")
             feats = np.asarray(conv.features["t"], dtype=np.float32)
-            dialogues.append({
-                "vid": conv.id,
-                "speakers": list(conv.speakers),
-                "labels": labels,
-                "text": list(feats),  # one vector per utterance, as the reference's pickle
-                "audio": [audio] * len(conv),
-                "visual": [visual] * len(conv),
-                "sentence": list(conv.texts or [""] * len(conv)),
-            })
+            dialogues.append(
+                {
+                    "vid": conv.id,
+                    "speakers": list(conv.speakers),
+                    "labels": labels,
+                    "text": list(feats),  # one vector per utterance, as the reference's pickle
+                    "audio": [audio] * len(conv),
+                    "visual": [visual] * len(conv),
+                    "sentence": list(conv.texts or [""] * len(conv)),
+                }
+            )
         out[name] = dialogues
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "data_iemocap.pkl"
@@ -144,13 +151,42 @@ def import_reference(root: Path) -> ModuleType:
 def reference_args(text_dim: int, data_root: Path, epochs: int, seed: int) -> SimpleNamespace:
     """train.py's argument namespace for run_train.sh's settings, text only."""
     return SimpleNamespace(
-        dataset="iemocap", data_dir_path=".", data_root=str(data_root), from_begin=True, device="cpu",
-        epochs=epochs, batch_size=BATCH_SIZE, optimizer="adam", scheduler="reduceLR", learning_rate=LR,
-        weight_decay=1e-8, max_grad_value=-1, drop_rate=0.5, wp=11, wf=9, hidden_size=100, rnn="transformer",
-        class_weight=False, modalities="t", gcn_conv="rgcn", emotion=None, encoder_nlayers=2,
-        graph_transformer_nheads=7, use_highway=False, seed=seed, log_in_comet=False, edge_type="temp_multi",
-        use_speaker=True, no_gnn=False, use_graph_transformer=True, use_crossmodal=True, crossmodal_nheads=2,
-        num_crossmodal=2, self_att_nheads=2, num_self_att=3, tag="bench",
+        dataset="iemocap",
+        data_dir_path=".",
+        data_root=str(data_root),
+        from_begin=True,
+        device="cpu",
+        epochs=epochs,
+        batch_size=BATCH_SIZE,
+        optimizer="adam",
+        scheduler="reduceLR",
+        learning_rate=LR,
+        weight_decay=1e-8,
+        max_grad_value=-1,
+        drop_rate=0.5,
+        wp=11,
+        wf=9,
+        hidden_size=100,
+        rnn="transformer",
+        class_weight=False,
+        modalities="t",
+        gcn_conv="rgcn",
+        emotion=None,
+        encoder_nlayers=2,
+        graph_transformer_nheads=7,
+        use_highway=False,
+        seed=seed,
+        log_in_comet=False,
+        edge_type="temp_multi",
+        use_speaker=True,
+        no_gnn=False,
+        use_graph_transformer=True,
+        use_crossmodal=True,
+        crossmodal_nheads=2,
+        num_crossmodal=2,
+        self_att_nheads=2,
+        num_self_att=3,
+        tag="bench",
         dataset_embedding_dims={"iemocap": {"a": REF_AUDIO_DIM, "t": text_dim, "v": REF_VISUAL_DIM}},
     )
 
@@ -187,8 +223,14 @@ def _timed(fn: Callable[[], Any]) -> float:
 
 
 def time_epochs(
-    data: MercDataset, tensors: dict[str, Any], recipes: dict[str, dict[str, Any]], threads: int, repeats: int,
-    reference: ModuleType | None, pkl: Path | None, settle: int = 0,
+    data: MercDataset,
+    tensors: dict[str, Any],
+    recipes: dict[str, dict[str, Any]],
+    threads: int,
+    repeats: int,
+    reference: ModuleType | None,
+    pkl: Path | None,
+    settle: int = 0,
 ) -> list[dict[str, Any]]:
     """Alternate reference and merc training epochs (one merc trainer per precision of
     ``recipes``); one row per precision: median seconds per epoch of merc and of the
@@ -218,19 +260,32 @@ def time_epochs(
     rows = []
     for prec, seconds in merc_s.items():
         row: dict[str, Any] = {
-            "threads": threads, "precision": prec, "torch_threads": torch.get_num_threads(), "repeats": repeats,
-            "settle": settle, "merc_seconds": seconds, "merc_median_s": statistics.median(seconds),
+            "threads": threads,
+            "precision": prec,
+            "torch_threads": torch.get_num_threads(),
+            "repeats": repeats,
+            "settle": settle,
+            "merc_seconds": seconds,
+            "merc_median_s": statistics.median(seconds),
         }
         if ref_s:
-            row.update(reference_seconds=ref_s, reference_median_s=statistics.median(ref_s),
-                       speedup=statistics.median(ref_s) / statistics.median(seconds))
+            row.update(
+                reference_seconds=ref_s,
+                reference_median_s=statistics.median(ref_s),
+                speedup=statistics.median(ref_s) / statistics.median(seconds),
+            )
         rows.append(row)
     return rows
 
 
 def parity(
-    data: MercDataset, tensors: dict[str, Any], recipe: dict[str, Any], seeds: list[int], threads: int,
-    reference: ModuleType | None, pkl: Path | None,
+    data: MercDataset,
+    tensors: dict[str, Any],
+    recipe: dict[str, Any],
+    seeds: list[int],
+    threads: int,
+    reference: ModuleType | None,
+    pkl: Path | None,
 ) -> dict[str, Any]:
     """Train both to completion per seed; test weighted F1 (percent) at the best dev epoch."""
     torch.set_num_threads(threads)
@@ -253,8 +308,10 @@ def parity(
         return {"per_seed": values, "mean": statistics.mean(values), "std": std}
 
     out: dict[str, Any] = {
-        "seeds": seeds, "epochs": int(recipe["training"]["epochs"]),
-        "precision": TrainConfig.from_dict(recipe["training"]).precision, "merc_test_weighted_f1": summary(merc_f1),
+        "seeds": seeds,
+        "epochs": int(recipe["training"]["epochs"]),
+        "precision": TrainConfig.from_dict(recipe["training"]).precision,
+        "merc_test_weighted_f1": summary(merc_f1),
     }
     if ref_f1:
         out["reference_test_weighted_f1"] = summary(ref_f1)
@@ -268,7 +325,9 @@ def timing_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for key in dict.fromkeys((r["threads"], r["precision"]) for r in rows):
         mine = [r for r in rows if (r["threads"], r["precision"]) == key]
         row: dict[str, Any] = {
-            "threads": key[0], "precision": key[1], "runs": len(mine),
+            "threads": key[0],
+            "precision": key[1],
+            "runs": len(mine),
             "merc_median_s": statistics.median(r["merc_median_s"] for r in mine),
         }
         if all("speedup" in r for r in mine):
@@ -286,19 +345,31 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module="sklearn")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reference", type=Path, default=None, help="folder holding the authors' corect package")
-    parser.add_argument("--repeats", type=int, default=5,
-                        help="timed epochs per implementation and thread setting (0: no timing)")
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed epochs per implementation and thread setting (0: no timing)"
+    )
     parser.add_argument("--threads", default="1", help="comma-separated torch thread counts to time, e.g. 1,2")
-    parser.add_argument("--settle", type=int, default=0,
-                        help="untimed epochs of the same implementation before each timed one (0: strict alternation)")
-    parser.add_argument("--runs", type=int, default=1,
-                        help="independent timing runs (fresh models each), reported one by one and as medians")
+    parser.add_argument(
+        "--settle",
+        type=int,
+        default=0,
+        help="untimed epochs of the same implementation before each timed one (0: strict alternation)",
+    )
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        help="independent timing runs (fresh models each), reported one by one and as medians",
+    )
     parser.add_argument("--seeds", default="", help="comma-separated seeds for the accuracy parity run")
     parser.add_argument("--epochs", type=int, default=50, help="epochs of the parity run")
     parser.add_argument("--parity-threads", type=int, default=1)
-    parser.add_argument("--precision", default="32",
-                        help="comma-separated merc training.precision values to time, e.g. 32,bf16-mixed "
-                             "(the parity run takes exactly one)")
+    parser.add_argument(
+        "--precision",
+        default="32",
+        help="comma-separated merc training.precision values to time, e.g. 32,bf16-mixed "
+        "(the parity run takes exactly one)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -315,10 +386,18 @@ def main() -> None:
     tensors = to_tensors(data)
     reference = import_reference(args.reference.resolve()) if args.reference is not None else None
     result: dict[str, Any] = {
-        "dataset": "iemocap6", "modalities": "t", "lr": LR, "batch_size": BATCH_SIZE, "window": [11, 9],
-        "train_dialogues": len(tensors["train"]), "train_utterances": sum(len(c) for c in tensors["train"]),
-        "torch": torch.__version__, "python": platform.python_version(), "cpus": os.cpu_count(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "reference": str(args.reference) if reference else None,
+        "dataset": "iemocap6",
+        "modalities": "t",
+        "lr": LR,
+        "batch_size": BATCH_SIZE,
+        "window": [11, 9],
+        "train_dialogues": len(tensors["train"]),
+        "train_utterances": sum(len(c) for c in tensors["train"]),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "reference": str(args.reference) if reference else None,
     }
     with tempfile.TemporaryDirectory() as tmp:
         pkl = write_reference_pickle(data, Path(tmp)) if reference is not None else None
@@ -337,8 +416,10 @@ def main() -> None:
             result[key] = timings
             result[f"{key}_summary"] = timing_summary(timings)
             for row in result[f"{key}_summary"]:
-                print(f"threads={row['threads']} precision={row['precision']}: merc {row['merc_median_s']:.3f} s/epoch"
-                      + (f", speedup x{row['speedup_median']:.2f} (runs: {row['speedups']})" if "speedups" in row else ""))
+                print(
+                    f"threads={row['threads']} precision={row['precision']}: merc {row['merc_median_s']:.3f} s/epoch"
+                    + (f", speedup x{row['speedup_median']:.2f} (runs: {row['speedups']})" if "speedups" in row else "")
+                )
         if seeds:
             # One parity section per precision: "parity" (float32), "parity_bf16-mixed".
             key = "parity" if precisions[0] == "32" else f"parity_{precisions[0]}"

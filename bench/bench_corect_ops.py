@@ -85,9 +85,14 @@ def measure(threads: int, precision: str, repeats: int, data: Any, tensors: Any)
     total = sum(timer.seconds.values())
     others = {n: s for n, s in timer.seconds.items() if n not in PRODUCTS}
     return {
-        "threads": threads, "precision": precision, "plain_epoch_s": statistics.median(plain),
-        "op_seconds_total": total, "products_s": products, "gflop": timer.flops / 1e9,
-        "products_gflop_per_s": timer.flops / 1e9 / products, "other_ops_s": total - products,
+        "threads": threads,
+        "precision": precision,
+        "plain_epoch_s": statistics.median(plain),
+        "op_seconds_total": total,
+        "products_s": products,
+        "gflop": timer.flops / 1e9,
+        "products_gflop_per_s": timer.flops / 1e9 / products,
+        "other_ops_s": total - products,
         "ops": sum(timer.calls.values()),
         "top_other_ops": [
             {"op": n, "seconds": s, "calls": timer.calls[n]}

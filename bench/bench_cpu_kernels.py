@@ -76,7 +76,9 @@ def main() -> None:
 
     octets = torch.randint(0, 256, (448 * 2048 // 8,), dtype=torch.uint8)
     shifts = torch.arange(8, dtype=torch.uint8)
-    rows["bits by [n, 8] broadcast shift, ms"] = median_ms(lambda: ((octets[:, None] >> shifts) & 1).view(-1), args.threads)
+    rows["bits by [n, 8] broadcast shift, ms"] = median_ms(
+        lambda: ((octets[:, None] >> shifts) & 1).view(-1), args.threads
+    )
 
     def bits_by_passes() -> torch.Tensor:
         fields = torch.empty(8, octets.numel(), dtype=torch.uint8)
@@ -87,7 +89,8 @@ def main() -> None:
     rows["bits by 8 passes, ms"] = median_ms(bits_by_passes, args.threads)
     field_shifts = shifts[:, None]
     rows["bits by [8, n] broadcast shift, ms"] = median_ms(
-        lambda: torch.bitwise_right_shift(octets, field_shifts).bitwise_and_(1).view(-1), args.threads)
+        lambda: torch.bitwise_right_shift(octets, field_shifts).bitwise_and_(1).view(-1), args.threads
+    )
 
     g_blocks, g_slots, g_heads, g_dim = 10, 94, 7, 100
     g_qkv = torch.randn(g_blocks * g_slots, 3 * g_heads * g_dim, requires_grad=True)
@@ -114,13 +117,16 @@ def main() -> None:
     rgcn = RGCNConv(100, 100, num_relations=int(rgcn_types.max()) + 1)
     rgcn_x = torch.randn(480, 100, requires_grad=True)
     rows["RGCN fwd+bwd, PyG RGCNConv, ms"] = median_ms(
-        lambda: rgcn(rgcn_x, rgcn_graph.edge_index, rgcn_types).sum().backward(), args.threads)
+        lambda: rgcn(rgcn_x, rgcn_graph.edge_index, rgcn_types).sum().backward(), args.threads
+    )
     rows["RGCN fwd+bwd, relational_mean_conv, ms"] = median_ms(
-        lambda: relational_mean_conv(rgcn, rgcn_x, rgcn_graph.edge_index, rgcn_types).sum().backward(), args.threads)
+        lambda: relational_mean_conv(rgcn, rgcn_x, rgcn_graph.edge_index, rgcn_types).sum().backward(), args.threads
+    )
 
     scores = torch.randn(80, 96, 96).bfloat16()
     rows["softmax(bf16, dtype=float32), ms"] = median_ms(
-        lambda: torch.softmax(scores, -1, dtype=torch.float32), args.threads)
+        lambda: torch.softmax(scores, -1, dtype=torch.float32), args.threads
+    )
     rows["softmax(bf16.float()), ms"] = median_ms(lambda: torch.softmax(scores.float(), -1), args.threads)
 
     blocks, steps, heads, head_dim = 10, 80, 8, 48
@@ -139,9 +145,15 @@ def main() -> None:
 
     for name, value in rows.items():
         print(f"{name:55s} {value:9.3f}")
-    result = {"threads": args.threads, "torch": torch.__version__, "python": platform.python_version(),
-              "cpu_flags_bf16": "avx512_bf16" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists()
-              else None, "measurements": rows}
+    result = {
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_flags_bf16": "avx512_bf16" in Path("/proc/cpuinfo").read_text()
+        if Path("/proc/cpuinfo").exists()
+        else None,
+        "measurements": rows,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")

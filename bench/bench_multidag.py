@@ -64,25 +64,43 @@ def main() -> None:
     for batch_size in [int(b) for b in args.batch_sizes.split(",") if b]:
         train = dict(recipe["training"], batch_size=batch_size, seed=0, num_threads=args.threads, show_progress=False)
         seed_everything(0)
-        trainer = Trainer(model_for(data, "multidag", dict(recipe["model"])), tensors, data.modalities,
-                          data.num_classes, TrainConfig.from_dict(train))
+        trainer = Trainer(
+            model_for(data, "multidag", dict(recipe["model"])),
+            tensors,
+            data.modalities,
+            data.num_classes,
+            TrainConfig.from_dict(train),
+        )
         steps = 0
         start = time.perf_counter()
         trainer.train_epoch()
         seconds = time.perf_counter() - start
         row = {
-            "batch_size": batch_size, "epoch_seconds": seconds, "dag_steps": steps,
-            "per_dialogue_walk_steps": layers * utterances, "seconds_per_step": seconds / max(steps, 1),
+            "batch_size": batch_size,
+            "epoch_seconds": seconds,
+            "dag_steps": steps,
+            "per_dialogue_walk_steps": layers * utterances,
+            "seconds_per_step": seconds / max(steps, 1),
         }
         rows.append(row)
-        print(f"batch {batch_size:3d}: {seconds:6.2f} s/epoch, {steps} DAG steps "
-              f"(a per-dialogue walk: {layers * utterances}), {1e3 * row['seconds_per_step']:.2f} ms/step", flush=True)
+        print(
+            f"batch {batch_size:3d}: {seconds:6.2f} s/epoch, {steps} DAG steps "
+            f"(a per-dialogue walk: {layers * utterances}), {1e3 * row['seconds_per_step']:.2f} ms/step",
+            flush=True,
+        )
     DAGLayer.step = original_step  # type: ignore[method-assign]
 
     result = {
-        "dataset": "iemocap6", "modalities": "t", "num_layers": layers, "train_utterances": utterances,
-        "train_dialogues": len(tensors["train"]), "threads": args.threads, "torch": torch.__version__,
-        "python": platform.python_version(), "cpus": os.cpu_count(), "epochs": rows,
+        "dataset": "iemocap6",
+        "modalities": "t",
+        "num_layers": layers,
+        "train_utterances": utterances,
+        "train_dialogues": len(tensors["train"]),
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "epochs": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

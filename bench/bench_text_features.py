@@ -38,8 +38,9 @@ def main() -> None:
     model.encode(texts[:64], batch_size=args.batch_size)  # warm-up
 
     start = time.perf_counter()
-    bare = model.encode(texts, batch_size=args.batch_size, convert_to_numpy=True, normalize_embeddings=True,
-                        show_progress_bar=False)
+    bare = model.encode(
+        texts, batch_size=args.batch_size, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
+    )
     bare_s = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -55,10 +56,14 @@ def main() -> None:
         cached_s = time.perf_counter() - start
 
     result = {
-        "utterances": len(texts), "batch_size": args.batch_size, "threads": args.threads,
-        "bare_utt_per_s": len(texts) / bare_s, "merc_utt_per_s": len(texts) / ours_s,
+        "utterances": len(texts),
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+        "bare_utt_per_s": len(texts) / bare_s,
+        "merc_utt_per_s": len(texts) / ours_s,
         "merc_cached_utt_per_s": len(texts) / cached_s,
-        "speedup_merc_vs_bare": bare_s / ours_s, "speedup_cached_vs_bare": bare_s / cached_s,
+        "speedup_merc_vs_bare": bare_s / ours_s,
+        "speedup_cached_vs_bare": bare_s / cached_s,
         "max_abs_difference": max_diff,
     }
     for k, v in result.items():

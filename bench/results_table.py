@@ -28,7 +28,7 @@ def recipe_changes(cfg: dict, model: str, dataset: str) -> list[str]:
     changes = []
     for section in ("model", "training"):
         base = recipe.get(section) or {}
-        for key, value in ((cfg.get(section) or {}).items()):
+        for key, value in (cfg.get(section) or {}).items():
             if key in base and base[key] != value:
                 changes.append(f"{key}={value}")
     return changes
@@ -47,9 +47,11 @@ def row(run: Path) -> str | None:
     extras += recipe_changes(cfg or {}, res["model"], res["dataset"])
     test = res["test"]
     seeds = ",".join(str(s) for s in res.get("seeds", []))
-    return (f"| {res['model']} {' '.join(extras)} | `{res['dataset']}` | {res['modalities']} | "
-            f"{format_mean_std(test['weighted_f1'])} | {format_mean_std(test['accuracy'])} | {seeds} | "
-            f"{res['timing']['epoch_seconds_median']:.1f} |")
+    return (
+        f"| {res['model']} {' '.join(extras)} | `{res['dataset']}` | {res['modalities']} | "
+        f"{format_mean_std(test['weighted_f1'])} | {format_mean_std(test['accuracy'])} | {seeds} | "
+        f"{res['timing']['epoch_seconds_median']:.1f} |"
+    )
 
 
 def main(paths: list[str]) -> None:

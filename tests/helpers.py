@@ -38,8 +38,12 @@ def make_dataset(
         speakers = [f"s{(j + i) % 2}" for j in range(n)]
         convs.append(Conversation(id=f"d{i}", speakers=speakers, labels=labels, features=feats))
     splits = {s: [c.replace(split=s, id=f"{s}-{c.id}") for c in convs] for s in ("train", "valid", "test")}
-    return MercDataset(name="tiny", label_names=[f"c{k}" for k in range(num_classes)], splits=splits,
-                       modalities=tuple(m for m in "tav" if m in modalities))
+    return MercDataset(
+        name="tiny",
+        label_names=[f"c{k}" for k in range(num_classes)],
+        splits=splits,
+        modalities=tuple(m for m in "tav" if m in modalities),
+    )
 
 
 def make_batch(lengths: Sequence[int] = (1, 7, 3), modalities: str = "tav", seed: int = 0):
@@ -49,6 +53,7 @@ def make_batch(lengths: Sequence[int] = (1, 7, 3), modalities: str = "tav", seed
 
 def assert_same_training(resumed, straight) -> None:
     """Two trainers went through the same epochs (history without timings) to the same weights."""
+
     def strip(history):
         return [{k: v for k, v in e.items() if k != "seconds"} for e in history]
 

@@ -51,12 +51,29 @@ def _error_line(capsys, argv) -> str:
 
 
 def test_unknown_dataset_and_model(capsys, tmp_path) -> None:
-    assert "unknown dataset 'nope'" in _error_line(capsys, ["train", "--model", "bclstm", "--dataset", "nope", "--out", str(tmp_path)])
-    assert "unknown model 'nope'" in _error_line(capsys, ["train", "--model", "nope", "--dataset", "synthetic", "--out", str(tmp_path)])
+    assert "unknown dataset 'nope'" in _error_line(
+        capsys, ["train", "--model", "bclstm", "--dataset", "nope", "--out", str(tmp_path)]
+    )
+    assert "unknown model 'nope'" in _error_line(
+        capsys, ["train", "--model", "nope", "--dataset", "synthetic", "--out", str(tmp_path)]
+    )
 
 
 def test_missing_data_root(capsys, tmp_path) -> None:
-    err = _error_line(capsys, ["train", "--model", "bclstm", "--dataset", "iemocap6", "--data-root", str(tmp_path / "x"), "--out", str(tmp_path)])
+    err = _error_line(
+        capsys,
+        [
+            "train",
+            "--model",
+            "bclstm",
+            "--dataset",
+            "iemocap6",
+            "--data-root",
+            str(tmp_path / "x"),
+            "--out",
+            str(tmp_path),
+        ],
+    )
     assert "data root not found" in err and "--data-root" in err
 
 
@@ -67,7 +84,10 @@ def test_missing_data_root(capsys, tmp_path) -> None:
 def test_bad_feature_files(capsys, tmp_path, kwargs, message) -> None:
     path = tmp_path / "feats.pkl"
     _dialoguegcn_pickle(path, **kwargs)
-    err = _error_line(capsys, ["train", "--model", "bclstm", "--dataset", str(path), "--modalities", "ta", "--out", str(tmp_path / "run")])
+    err = _error_line(
+        capsys,
+        ["train", "--model", "bclstm", "--dataset", str(path), "--modalities", "ta", "--out", str(tmp_path / "run")],
+    )
     assert message in err
 
 
@@ -76,10 +96,14 @@ def test_truncated_and_malicious_pickles(capsys, tmp_path) -> None:
     _dialoguegcn_pickle(good)
     truncated = tmp_path / "truncated.pkl"
     truncated.write_bytes(good.read_bytes()[:200])
-    assert "truncated" in _error_line(capsys, ["train", "--model", "bclstm", "--dataset", str(truncated), "--out", str(tmp_path / "r")])
+    assert "truncated" in _error_line(
+        capsys, ["train", "--model", "bclstm", "--dataset", str(truncated), "--out", str(tmp_path / "r")]
+    )
     evil = tmp_path / "evil.pkl"
     evil.write_bytes(pickle.dumps({"train": [_Evil()]}))
-    assert "refused to load" in _error_line(capsys, ["train", "--model", "bclstm", "--dataset", str(evil), "--out", str(tmp_path / "r")])
+    assert "refused to load" in _error_line(
+        capsys, ["train", "--model", "bclstm", "--dataset", str(evil), "--out", str(tmp_path / "r")]
+    )
 
 
 def test_label_out_of_range_in_own_format(capsys, tmp_path) -> None:
@@ -95,7 +119,9 @@ def test_label_out_of_range_in_own_format(capsys, tmp_path) -> None:
 
 
 def test_bad_override(capsys, tmp_path) -> None:
-    err = _error_line(capsys, ["train", "--model", "bclstm", "--dataset", "synthetic", "--out", str(tmp_path), "training.nope=1"])
+    err = _error_line(
+        capsys, ["train", "--model", "bclstm", "--dataset", "synthetic", "--out", str(tmp_path), "training.nope=1"]
+    )
     assert "unknown training option" in err
 
 
@@ -103,8 +129,22 @@ def test_train_evaluate_and_resume_own_data(capsys, tmp_path) -> None:
     folder = tmp_path / "mine"
     write_native(make_dataset((3, 4, 5, 2), "ta", separable=True), folder)
     run = tmp_path / "run"
-    argv = ["train", "--model", "bclstm", "--dataset", str(folder), "--modalities", "ta", "--seeds", "0,1",
-            "--out", str(run), "--quiet", "training.epochs=3", "model.hidden_size=8"]
+    argv = [
+        "train",
+        "--model",
+        "bclstm",
+        "--dataset",
+        str(folder),
+        "--modalities",
+        "ta",
+        "--seeds",
+        "0,1",
+        "--out",
+        str(run),
+        "--quiet",
+        "training.epochs=3",
+        "model.hidden_size=8",
+    ]
     assert main(argv) == 0
     results = json.loads((run / "results.json").read_text())
     assert set(results["test"]["weighted_f1"]) == {"mean", "std", "per_seed"}
@@ -126,8 +166,11 @@ def test_datasets_json_lists_synthetic(capsys) -> None:
 
 
 def test_real_process_prints_no_traceback(tmp_path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "merc.cli", "train", "--model", "bclstm", "--dataset", "nope",
-                           "--out", str(tmp_path)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "merc.cli", "train", "--model", "bclstm", "--dataset", "nope", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("merc: error: unknown dataset") and "Traceback" not in proc.stderr
 
@@ -138,8 +181,9 @@ def test_curriculum_switches_become_overrides_and_defaults_come_from_the_dataset
     from merc.training.runner import resolve_recipe
 
     def overrides(*flags: str) -> list[str]:
-        return plugin_overrides(build_parser().parse_args(["train", "--model", "bclstm", "--dataset", "x",
-                                                           "--out", "o", *flags]))
+        return plugin_overrides(
+            build_parser().parse_args(["train", "--model", "bclstm", "--dataset", "x", "--out", "o", *flags])
+        )
 
     assert overrides("--curriculum", "emotion-shift") == ["curriculum.strategy=emotion-shift"]
     assert overrides("--curriculum", "emotion-shift", "--buckets", "3")[-1] == "curriculum.buckets=3"
@@ -158,11 +202,16 @@ def test_a_new_plugin_gets_its_switch_without_editing_the_cli() -> None:
     from merc.cli import build_parser, plugin_overrides
     from merc.training.plugins.registry import PluginOption, register_plugin, unregister_plugin
 
-    register_plugin("toy-balance", help="a test plug-in", group="balance",
-                    options=(PluginOption("toy-alpha", "alpha", float, "its alpha"),))(lambda cfg, ds: None)
+    register_plugin(
+        "toy-balance",
+        help="a test plug-in",
+        group="balance",
+        options=(PluginOption("toy-alpha", "alpha", float, "its alpha"),),
+    )(lambda cfg, ds: None)
     try:
-        args = build_parser().parse_args(["train", "--model", "m", "--dataset", "d", "--out", "o",
-                                          "--balance", "toy-balance", "--toy-alpha", "0.5"])
+        args = build_parser().parse_args(
+            ["train", "--model", "m", "--dataset", "d", "--out", "o", "--balance", "toy-balance", "--toy-alpha", "0.5"]
+        )
         assert plugin_overrides(args) == ["toy-balance.enabled=true", "toy-balance.alpha=0.5"]
         with pytest.raises(SystemExit):  # argparse: not one of the group's plug-ins
             build_parser().parse_args(["train", "--model", "m", "--dataset", "d", "--out", "o", "--balance", "x"])
@@ -172,8 +221,24 @@ def test_a_new_plugin_gets_its_switch_without_editing_the_cli() -> None:
 
 def test_train_with_curriculum_records_it(tmp_path) -> None:
     run = tmp_path / "run"
-    argv = ["train", "--model", "bclstm", "--dataset", "synthetic", "--modalities", "t", "--out", str(run), "--quiet",
-            "--curriculum", "emotion-shift", "--buckets", "3", "training.epochs=2", "model.hidden_size=8"]
+    argv = [
+        "train",
+        "--model",
+        "bclstm",
+        "--dataset",
+        "synthetic",
+        "--modalities",
+        "t",
+        "--out",
+        str(run),
+        "--quiet",
+        "--curriculum",
+        "emotion-shift",
+        "--buckets",
+        "3",
+        "training.epochs=2",
+        "model.hidden_size=8",
+    ]
     assert main(argv) == 0
     import yaml
 

@@ -43,9 +43,13 @@ def imported_modules(path: Path) -> list[tuple[int, str]]:
             found.append((node.lineno, module))
             # `from merc import training` imports merc.training too.
             found += [(node.lineno, f"{module}.{alias.name}") for alias in node.names]
-        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
-              and isinstance(node.args[0].value, str)
-              and getattr(node.func, "attr", getattr(node.func, "id", None)) in ("import_module", "__import__")):
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+            and getattr(node.func, "attr", getattr(node.func, "id", None)) in ("import_module", "__import__")
+        ):
             found.append((node.lineno, node.args[0].value))
     return found
 
@@ -83,8 +87,10 @@ def test_no_import_of_training(subpackage: str) -> None:
 
 def test_cli_parser_stays_light() -> None:
     """``merc --help`` builds every parser (robustness's included) without torch, the models or the trainer."""
-    code = ("import sys, merc.cli; merc.cli.build_parser(); heavy = ('torch', 'matplotlib', 'merc.models', "
-            "'merc.training.trainer', 'merc.training.runner'); "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m.startswith(heavy)))")
+    code = (
+        "import sys, merc.cli; merc.cli.build_parser(); heavy = ('torch', 'matplotlib', 'merc.models', "
+        "'merc.training.trainer', 'merc.training.runner'); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m.startswith(heavy)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

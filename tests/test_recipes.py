@@ -23,8 +23,9 @@ def test_recipe_builds(path: Path) -> None:
     recipe = load_recipe(path.parent.name, path.stem)  # a dataset recipe over its model's default.yaml
     TrainConfig.from_dict(recipe.get("training", {}))
     dims = {"t": 384, "a": 100, "v": 256}
-    model = build_model(path.parent.name, in_dims=dims, num_classes=6, num_speakers=2, num_parties=2,
-                        **recipe.get("model", {}))
+    model = build_model(
+        path.parent.name, in_dims=dims, num_classes=6, num_speakers=2, num_parties=2, **recipe.get("model", {})
+    )
     assert sum(p.numel() for p in model.parameters()) > 0
 
 
@@ -36,3 +37,36 @@ def test_override_parsing() -> None:
     assert apply_overrides({"model": {"a": 1}}, ["model.b=true"])["model"] == {"a": 1, "b": True}
     with pytest.raises(ConfigError, match="start with a section"):
         parse_override("lr=1")
+
+
+@pytest.mark.parametrize(
+    ("model", "override", "fragment"),
+    [
+        ("bclstm", "model.fusion=hierarchcal", "model.fusion"),
+        ("bclstm", "model.bidirectional=ture", "model.bidirectional"),
+        ("bclstm", "model.hidden_size=2.5", "model.hidden_size"),
+        ("bclstm", "model.dropout=nan", "model.dropout"),
+        ("bclstm", "model.hidden_sizes=3", "model.hidden_sizes"),
+        ("corect", "model.window_owner=both", "model.window_owner"),
+        ("corect", "model.encoders.t=cnn", "model.encoders.t"),
+        ("corect", "model.use_pcm=maybe", "model.use_pcm"),
+        ("multidag", "model.attention=cosine", "model.attention"),
+        ("micga", "model.reconstruction_loss=l1", "model.reconstruction_loss"),
+        ("gcnet", "model.time_attention=sometimes", "model.time_attention"),
+    ],
+)
+def test_bad_model_options_fail_when_the_recipe_is_read(model: str, override: str, fragment: str) -> None:
+    from merc.errors import ConfigError
+    from merc.training.runner import resolve_recipe
+
+    # resolve_recipe loads no data: the error comes from reading the recipe.
+    with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
+        resolve_recipe(model, "synthetic", [override])
+
+
+def test_model_options_are_converted_to_their_declared_types() -> None:
+    from merc.training.runner import resolve_recipe
+
+    recipe = resolve_recipe("corect", "iemocap6", ["model.use_pcm=no", "model.past_window=3.0", "model.encoders.t=FC"])
+    assert recipe["model"]["use_pcm"] is False and recipe["model"]["past_window"] == 3
+    assert recipe["model"]["encoders"] == {"t": "fc", "a": "fc", "v": "fc"}

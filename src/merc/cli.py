@@ -26,8 +26,11 @@ def _seeds(text: str) -> list[int]:
 
 
 def _add_data_root(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-root", default=None,
-                   help="folder holding iemocap/ and meld/ (default: $MERC_DATA_ROOT or ../shared/data)")
+    p.add_argument(
+        "--data-root",
+        default=None,
+        help="folder holding iemocap/ and meld/ (default: $MERC_DATA_ROOT or ../shared/data)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from merc.training.robustness_sweep import add_robustness_arguments
 
-    add_robustness_arguments(sub.add_parser(
-        "robustness", help="metric vs missing-modality rate (and per-modality drops), table + plot"))
+    add_robustness_arguments(
+        sub.add_parser("robustness", help="metric vs missing-modality rate (and per-modality drops), table + plot")
+    )
 
     p = sub.add_parser("demo", help="the main job: bc-LSTM on synthetic data, all modalities, 3 seeds")
     p.add_argument("--out", default="runs/demo")
@@ -86,8 +90,12 @@ def add_plugin_switches(parser: argparse.ArgumentParser) -> None:
 
     group = parser.add_argument_group("training plug-ins (each also a recipe section, see `merc train --help`)")
     for name, members in plugin_groups().items():
-        group.add_argument(f"--{name}", default=None, choices=[m.section for m in members],
-                           help="; ".join(f"{m.section}: {m.help}" for m in members))
+        group.add_argument(
+            f"--{name}",
+            default=None,
+            choices=[m.section for m in members],
+            help="; ".join(f"{m.section}: {m.help}" for m in members),
+        )
     for spec in plugin_specs():
         if spec.switch:
             group.add_argument(f"--{spec.switch}", default=None, choices=list(spec.choices) or None, help=spec.help)
@@ -109,8 +117,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     overrides = plugin_overrides(args) + list(args.overrides)
     results = run_experiment(
-        args.model, args.dataset, args.modalities, args.seeds, args.out, data_root=args.data_root,
-        overrides=overrides, recipe_path=args.config, device=args.device, show_progress=not args.quiet,
+        args.model,
+        args.dataset,
+        args.modalities,
+        args.seeds,
+        args.out,
+        data_root=args.data_root,
+        overrides=overrides,
+        recipe_path=args.config,
+        device=args.device,
+        show_progress=not args.quiet,
     )
     print_results(results)
     print(f"results: {Path(args.out) / 'results.json'}")
@@ -137,8 +153,16 @@ def dataset_rows(data_root: str | None) -> list[dict[str, Any]]:
         except MercError as exc:
             rows.append({"name": name, "modalities": "".join(spec.modalities), "error": str(exc)})
             continue
-        rows.append({"name": name, "modalities": "".join(spec.modalities), "label_names": ds.label_names,
-                     "speakers": ds.num_speakers, "description": spec.description, "splits": ds.summary()})
+        rows.append(
+            {
+                "name": name,
+                "modalities": "".join(spec.modalities),
+                "label_names": ds.label_names,
+                "speakers": ds.num_speakers,
+                "description": spec.description,
+                "splits": ds.summary(),
+            }
+        )
     return rows
 
 
@@ -168,7 +192,9 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from merc.data.registry import load_dataset
 
     ds = load_dataset(args.dataset, modalities="t", data_root=args.data_root, text_encoder=args.encoder)
-    print(f"{args.dataset}: text features {ds.dims['t']}-d for {sum(len(c) for c in ds.conversations())} utterances (cached)")
+    print(
+        f"{args.dataset}: text features {ds.dims['t']}-d for {sum(len(c) for c in ds.conversations())} utterances (cached)"
+    )
     return 0
 
 
@@ -189,8 +215,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from merc.training.runner import run_experiment
 
     console = Console(width=max(Console().width, 100))
-    console.print("[bold]merc demo[/bold]: bc-LSTM on the synthetic dataset (all features generated), "
-                  "text / audio / visual alone and fused, 3 seeds, selected on validation.")
+    console.print(
+        "[bold]merc demo[/bold]: bc-LSTM on the synthetic dataset (all features generated), "
+        "text / audio / visual alone and fused, 3 seeds, selected on validation."
+    )
     rows = []
     for mods in ("t", "a", "v", "tav"):
         res = run_experiment("bclstm", "synthetic", mods, [0, 1, 2], Path(args.out) / mods, show_progress=True)
@@ -204,7 +232,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for col in ("modalities", "weighted F1", "accuracy"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["modalities"], format_mean_std(r["test"]["weighted_f1"]), format_mean_std(r["test"]["accuracy"]))
+        table.add_row(
+            r["modalities"], format_mean_std(r["test"]["weighted_f1"]), format_mean_std(r["test"]["accuracy"])
+        )
     console.print(table)
     return 0
 
@@ -215,13 +245,23 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     return int(robustness_main(args) or 0)
 
 
-COMMANDS = {"robustness": cmd_robustness, "train": cmd_train, "evaluate": cmd_evaluate, "datasets": cmd_datasets, "models": cmd_models,
-            "extract": cmd_extract, "export": cmd_export, "demo": cmd_demo}
+COMMANDS = {
+    "robustness": cmd_robustness,
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "datasets": cmd_datasets,
+    "models": cmd_models,
+    "extract": cmd_extract,
+    "export": cmd_export,
+    "demo": cmd_demo,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return COMMANDS[args.command](args)
     except MercError as exc:
@@ -231,7 +271,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"merc: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("merc: interrupted; the last epoch's checkpoint is saved: rerun the same command to resume", file=sys.stderr)
+        print(
+            "merc: interrupted; the last epoch's checkpoint is saved: rerun the same command to resume", file=sys.stderr
+        )
         return 130
 
 

@@ -175,7 +175,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = [p for p in key.strip().split(".") if p]
     sections = recipe_sections()
     if len(parts) < 2 or parts[0] not in sections:
-        raise ConfigError(f"override key {key!r} must start with a section: {', '.join(sections)} (e.g. model.dropout=0.5)")
+        raise ConfigError(
+            f"override key {key!r} must start with a section: {', '.join(sections)} (e.g. model.dropout=0.5)"
+        )
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:

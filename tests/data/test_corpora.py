@@ -69,8 +69,15 @@ def test_meld_official_split(name: str) -> None:
 @needs_data
 def test_meld7_label_distribution_matches_release() -> None:
     classes = load_dataset("meld7").summary()["test"]["classes"]
-    assert classes == {"neutral": 1256, "surprise": 281, "fear": 50, "sadness": 208, "joy": 402,
-                       "disgust": 68, "anger": 345}
+    assert classes == {
+        "neutral": 1256,
+        "surprise": 281,
+        "fear": 50,
+        "sadness": 208,
+        "joy": 402,
+        "disgust": 68,
+        "anger": 345,
+    }
 
 
 def test_missing_data_root_is_a_clear_error(tmp_path) -> None:

@@ -37,8 +37,14 @@ def _window(i: int, length: int, past: int, future: int) -> list[int]:
 
 
 def corect_reference(
-    lengths: list[int], mods: tuple[str, ...], past: int, future: int,
-    temporal: bool, multimodal: bool, self_loops: bool, owner: str,
+    lengths: list[int],
+    mods: tuple[str, ...],
+    past: int,
+    future: int,
+    temporal: bool,
+    multimodal: bool,
+    self_loops: bool,
+    owner: str,
 ) -> list[tuple[int, int, int]]:
     n_total = sum(lengths)
     edges = []
@@ -105,11 +111,21 @@ def test_corect_graph_matches_reference(seed: int) -> None:
         mods = rng.choice(ORDERS)
         past = rng.choice([-1, 0, 1, 2, 5, 11, 40])
         future = rng.choice([-1, 0, 1, 2, 4, 9, 40])
-        flags = dict(temporal=rng.random() < 0.8, multimodal=rng.random() < 0.8,
-                     self_loops=rng.random() < 0.8, owner=rng.choice(["source", "target"]))
+        flags = dict(
+            temporal=rng.random() < 0.8,
+            multimodal=rng.random() < 0.8,
+            self_loops=rng.random() < 0.8,
+            owner=rng.choice(["source", "target"]),
+        )
         g = build_corect_graph(
-            torch.tensor(lengths), mods, past=past, future=future, use_temporal=flags["temporal"],
-            use_multimodal=flags["multimodal"], use_self_loops=flags["self_loops"], window_owner=flags["owner"],
+            torch.tensor(lengths),
+            mods,
+            past=past,
+            future=future,
+            use_temporal=flags["temporal"],
+            use_multimodal=flags["multimodal"],
+            use_self_loops=flags["self_loops"],
+            window_owner=flags["owner"],
         )
         expected = corect_reference(lengths, mods, past, future, **flags)
         got = _triples(g.edge_index, g.edge_type)
@@ -176,8 +192,10 @@ def _dense_triples(adj: torch.Tensor, same: torch.Tensor, lengths: list[int]) ->
     for n in lengths:
         offsets.append(offsets[-1] + n)
     b, i, j = adj.nonzero(as_tuple=True)
-    return sorted((offsets[bb] + jj, offsets[bb] + ii, int(same[bb, ii, jj]))
-                  for bb, ii, jj in zip(b.tolist(), i.tolist(), j.tolist(), strict=True))
+    return sorted(
+        (offsets[bb] + jj, offsets[bb] + ii, int(same[bb, ii, jj]))
+        for bb, ii, jj in zip(b.tolist(), i.tolist(), j.tolist(), strict=True)
+    )
 
 
 def test_dag_window_rule_by_hand() -> None:

@@ -88,8 +88,12 @@ def test_same_seed_same_masks_different_seed_different(synthetic: MercDataset) -
 
 def test_masks_depend_on_dialogue_id_not_on_composition(synthetic: MercDataset) -> None:
     full = apply_missing(synthetic, 0.4, seed=2)
-    only_test = MercDataset(name="x", label_names=synthetic.label_names, modalities=synthetic.modalities,
-                            splits={"test": list(reversed(synthetic.splits["test"]))})
+    only_test = MercDataset(
+        name="x",
+        label_names=synthetic.label_names,
+        modalities=synthetic.modalities,
+        splits={"test": list(reversed(synthetic.splits["test"]))},
+    )
     alone = {c.id: c.availability for c in apply_missing(only_test, 0.4, seed=2, splits=["test"]).conversations()}
     for conv in full.conversations("test"):
         np.testing.assert_array_equal(conv.availability, alone[conv.id])
@@ -167,12 +171,26 @@ def _tiny_incomplete() -> MercDataset:
     t = np.arange(8, dtype=np.float32).reshape(4, 2)
     a = np.array([[1, 2], [0, 0], [5, 6], [0, 0]], dtype=np.float32)
     avail = np.array([[1, 1, 1], [1, 0, 1], [1, 1, 1], [1, 0, 1]], dtype=bool)
-    conv = Conversation(id="d", speakers=["x", "y", "x", "y"], labels=np.zeros(4), features={"t": t, "a": a},
-                        availability=avail, split="train")
-    other = Conversation(id="e", speakers=["x"], labels=np.zeros(1),
-                         features={"t": np.ones((1, 2), np.float32), "a": np.full((1, 2), 9.0, np.float32)})
-    return MercDataset(name="tiny", label_names=["c0", "c1"], modalities=("t", "a"),
-                       splits={"train": [conv, other], "valid": [], "test": []})
+    conv = Conversation(
+        id="d",
+        speakers=["x", "y", "x", "y"],
+        labels=np.zeros(4),
+        features={"t": t, "a": a},
+        availability=avail,
+        split="train",
+    )
+    other = Conversation(
+        id="e",
+        speakers=["x"],
+        labels=np.zeros(1),
+        features={"t": np.ones((1, 2), np.float32), "a": np.full((1, 2), 9.0, np.float32)},
+    )
+    return MercDataset(
+        name="tiny",
+        label_names=["c0", "c1"],
+        modalities=("t", "a"),
+        splits={"train": [conv, other], "valid": [], "test": []},
+    )
 
 
 def test_imputation_values() -> None:
@@ -211,8 +229,13 @@ def test_standardisation_after_imputation_keeps_the_raw_space_fill() -> None:
     for out in (zero, mean_imp):  # available rows are z-scored the same way whatever the fill
         np.testing.assert_allclose(out[[0, 2]], none[[0, 2]], rtol=1e-6)
     # Given statistics replace the split's (a test-only view has no training split).
-    shifted = standardize_features(ds, statistics={"t": (np.zeros(2, np.float32), np.ones(2, np.float32)),
-                                                   "a": (np.ones(2, np.float32), np.ones(2, np.float32))})
+    shifted = standardize_features(
+        ds,
+        statistics={
+            "t": (np.zeros(2, np.float32), np.ones(2, np.float32)),
+            "a": (np.ones(2, np.float32), np.ones(2, np.float32)),
+        },
+    )
     np.testing.assert_allclose(shifted.splits["train"][0].features["a"][0], [0.0, 1.0], atol=1e-5)
 
 

@@ -89,8 +89,14 @@ def test_options_shape_the_dataset() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"num_classes": 1}, {"min_len": 5, "max_len": 4}, {"num_speakers_range": (2, 9)},
-     {"speaker_inertia": 1.5}, {"class_prior": [1.0, 2.0]}, {"num_dialogues": (3, 0, 1)}],
+    [
+        {"num_classes": 1},
+        {"min_len": 5, "max_len": 4},
+        {"num_speakers_range": (2, 9)},
+        {"speaker_inertia": 1.5},
+        {"class_prior": [1.0, 2.0]},
+        {"num_dialogues": (3, 0, 1)},
+    ],
 )
 def test_bad_options_raise(kwargs: dict) -> None:
     with pytest.raises(ConfigError):

@@ -32,8 +32,13 @@ def test_metrics_match_sklearn(seed: int) -> None:
 
 
 def test_aggregate_mean_and_sample_std() -> None:
-    agg = aggregate_seeds([{"weighted_f1": 60.0, "accuracy": 1.0}, {"weighted_f1": 62.0, "accuracy": 2.0},
-                           {"weighted_f1": 64.0, "accuracy": 3.0}])
+    agg = aggregate_seeds(
+        [
+            {"weighted_f1": 60.0, "accuracy": 1.0},
+            {"weighted_f1": 62.0, "accuracy": 2.0},
+            {"weighted_f1": 64.0, "accuracy": 3.0},
+        ]
+    )
     assert agg["weighted_f1"]["mean"] == pytest.approx(62.0)
     assert agg["weighted_f1"]["std"] == pytest.approx(2.0)
     assert agg["accuracy"]["per_seed"] == [1.0, 2.0, 3.0]

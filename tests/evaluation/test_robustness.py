@@ -43,12 +43,20 @@ def fake_report(model: str = "micga", imputation: str = "none", offset: float = 
     entries = []
     for cond in conditions:
         base = 60.0 - 20 * float(cond.value) if cond.kind == "rate" else 50.0
-        runs = [{"train_seed": s, "mask_seed": m, "realized_rate": 0.0,
-                 **headline_metrics({"weighted_f1": base + offset + s + m, "accuracy": base + s, "other": 1.0})}
-                for m in mask_seeds_for(cond, [0, 1]) for s in (0, 1)]
+        runs = [
+            {
+                "train_seed": s,
+                "mask_seed": m,
+                "realized_rate": 0.0,
+                **headline_metrics({"weighted_f1": base + offset + s + m, "accuracy": base + s, "other": 1.0}),
+            }
+            for m in mask_seeds_for(cond, [0, 1])
+            for s in (0, 1)
+        ]
         entries.append(condition_entry(cond, runs, "tav"))
-    return model_report("train-complete", model, f"runs/{model}", "synthetic", "tav", imputation, [0, 1], [0, 1],
-                        skipped, entries)
+    return model_report(
+        "train-complete", model, f"runs/{model}", "synthetic", "tav", imputation, [0, 1], [0, 1], skipped, entries
+    )
 
 
 def test_conditions_skip_what_the_modalities_cannot_have() -> None:
@@ -84,8 +92,18 @@ def test_condition_entry_aggregates_training_x_mask_seeds() -> None:
     assert "effective_rate" not in by_name["drop=a"]
     np.testing.assert_allclose(by_name["rate=0.50"]["metrics"]["weighted_f1"]["per_seed"], [50, 51, 51, 52])
     assert by_name["rate=0.50"]["metrics"]["weighted_f1"]["mean"] == pytest.approx(51.0)
-    assert set(rep) == {"protocol", "model", "source", "dataset", "modalities", "imputation", "train_seeds",
-                        "mask_seeds", "skipped", "conditions"}
+    assert set(rep) == {
+        "protocol",
+        "model",
+        "source",
+        "dataset",
+        "modalities",
+        "imputation",
+        "train_seeds",
+        "mask_seeds",
+        "skipped",
+        "conditions",
+    }
 
 
 def test_report_files(tmp_path) -> None:

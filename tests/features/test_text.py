@@ -10,8 +10,9 @@ from merc.features import text as text_features
 
 def test_minilm_loads_offline_and_embeds(monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    emb = text_features.encode_texts(["I am so happy today!", "This is terrible.", "I am so happy today!"],
-                                     show_progress=False)
+    emb = text_features.encode_texts(
+        ["I am so happy today!", "This is terrible.", "I am so happy today!"], show_progress=False
+    )
     assert emb.shape == (3, 384) and emb.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
     np.testing.assert_allclose(emb[0], emb[2], atol=1e-5)  # same text, same vector, whatever the batch order

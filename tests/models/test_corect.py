@@ -21,8 +21,9 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "corect"
 
 def _corect(modalities: str = "tav", seed: int = 0, **kwargs: object) -> CORECT:
     torch.manual_seed(seed)
-    model = build_model("corect", in_dims={m: DIMS[m] for m in modalities}, num_classes=3,
-                        num_speakers=2, num_parties=2, **kwargs)
+    model = build_model(
+        "corect", in_dims={m: DIMS[m] for m in modalities}, num_classes=3, num_speakers=2, num_parties=2, **kwargs
+    )
     assert isinstance(model, CORECT)
     return model
 
@@ -75,7 +76,9 @@ def test_single_modality_has_no_pcm_and_no_cross_modal_relations() -> None:
 
 def test_branch_switches_change_the_parameter_set_and_fused_size() -> None:
     full = _corect()
-    assert {"encoders", "speaker_embedding", "rtgcn", "pcm", "classifier", "unimodal_classifiers"} == _param_prefixes(full)
+    assert {"encoders", "speaker_embedding", "rtgcn", "pcm", "classifier", "unimodal_classifiers"} == _param_prefixes(
+        full
+    )
     assert full.fused_size == 3 * 7 * 100 + 3 * 2 * 100
     no_gnn = _corect(use_rtgcn=False)
     assert "rtgcn" not in _param_prefixes(no_gnn) and no_gnn.fused_size == 3 * 2 * 100
@@ -161,6 +164,7 @@ def test_precision_of_each_part_under_bf16_autocast(monkeypatch: pytest.MonkeyPa
     def record(name: str):
         def hook(module: torch.nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
             seen[name] = out.dtype
+
         return hook
 
     assert model.rtgcn is not None and model.pcm is not None
@@ -168,12 +172,14 @@ def test_precision_of_each_part_under_bf16_autocast(monkeypatch: pytest.MonkeyPa
     model.rtgcn.register_forward_hook(record("rtgcn"))
     model.pcm.register_forward_hook(record("pcm"))
     model.classifier.register_forward_hook(record("classifier"))
+
     # RGCN and Graph Transformer run as functions of their PyG modules' weights.
     def recording(name: str, fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         def recorded(*args: object, **kwargs: object) -> torch.Tensor:
             out = fn(*args, **kwargs)
             seen[name] = out.dtype
             return out
+
         return recorded
 
     for name, attr in (("rgcn", "relational_mean_conv"), ("graph transformer", "block_transformer_conv")):
@@ -182,8 +188,12 @@ def test_precision_of_each_part_under_bf16_autocast(monkeypatch: pytest.MonkeyPa
         out = model(batch)
     out.logits.float().sum().backward()
     assert seen == {
-        "text encoder": torch.bfloat16, "rgcn": torch.float32, "graph transformer": torch.bfloat16, "rtgcn": torch.float32,
-        "pcm": torch.float32, "classifier": torch.float32,
+        "text encoder": torch.bfloat16,
+        "rgcn": torch.float32,
+        "graph transformer": torch.bfloat16,
+        "rtgcn": torch.float32,
+        "pcm": torch.float32,
+        "classifier": torch.float32,
     }
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 

@@ -18,8 +18,9 @@ SMALL = {"hidden_size": 8}
 
 def _model(modalities: str = "tav", seed: int = 0, **kw) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return build_model("gcnet", in_dims={m: DIMS[m] for m in modalities}, num_classes=3,
-                       **{"num_parties": 2, **SMALL, **kw})
+    return build_model(
+        "gcnet", in_dims={m: DIMS[m] for m in modalities}, num_classes=3, **{"num_parties": 2, **SMALL, **kw}
+    )
 
 
 def _batch(ds: MercDataset):
@@ -36,7 +37,8 @@ def test_window_edges_counts_relations_and_dialogue_boundaries() -> None:
     assert offset.min() == -2 and offset.max() == 1
     # Dialogue of 6 with window [-2, +1]: sum over i of |{j : i-2 <= j <= i+1}|.
     expected = sum(min(i + 1, 5) - max(i - 2, 0) + 1 for i in range(6)) + sum(
-        min(i + 1, 2) - max(i - 2, 0) + 1 for i in range(3))
+        min(i + 1, 2) - max(i - 2, 0) + 1 for i in range(3)
+    )
     assert src.numel() == expected
     torch.testing.assert_close(temporal, torch.sign(offset) + 1)
     flat_party = parties[mask]
@@ -73,7 +75,7 @@ def test_reconstruction_loss_matches_gcnet_formula() -> None:
     avail = batch.flatten(batch.availability)
     for k, m in enumerate(("t", "a", "v")):
         d = DIMS[m]
-        err = ((recon[:, start:start + d] - batch.flatten(batch.features[m])) ** 2).sum(-1) / d
+        err = ((recon[:, start : start + d] - batch.flatten(batch.features[m])) ** 2).sum(-1) / d
         expected = expected + (err * avail[:, k]).sum()
         start += d
     torch.testing.assert_close(out.aux_losses["reconstruction"], expected / batch.num_utterances)

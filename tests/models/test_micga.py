@@ -20,8 +20,9 @@ SMALL = {"hidden_size": 8, "fe_hidden": 8, "gat_hidden": 4, "cma_dim": 4, "class
 
 def _model(modalities: str = "tav", seed: int = 0, **kw) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return build_model("micga", in_dims={m: DIMS[m] for m in modalities}, num_classes=3, num_parties=2,
-                       **{**SMALL, **kw})
+    return build_model(
+        "micga", in_dims={m: DIMS[m] for m in modalities}, num_classes=3, num_parties=2, **{**SMALL, **kw}
+    )
 
 
 def _masked(lengths=(3, 6, 4), rate: float = 0.5, seed: int = 0) -> MercDataset:
@@ -52,8 +53,14 @@ def test_ablation_switches_change_the_parameter_set() -> None:
     no_cma = {n for n, _ in _model(use_cma=False).named_parameters()}
     assert any(n.startswith("gat.") for n in full) and not any(n.startswith("gat") for n in no_gat)
     assert any(n.startswith("cma.") for n in full) and not any(n.startswith("cma.") for n in no_cma)
-    assert {k.split(".")[1] for k in full if k.startswith("cma.")} == {"a_to_t", "t_to_a", "t_to_v", "v_to_t",
-                                                                       "v_to_a", "a_to_v"}
+    assert {k.split(".")[1] for k in full if k.startswith("cma.")} == {
+        "a_to_t",
+        "t_to_a",
+        "t_to_v",
+        "v_to_t",
+        "v_to_a",
+        "a_to_v",
+    }
     # Two modalities: one pair, both directions; one modality: no CMA at all.
     assert {k.split(".")[1] for k, _ in _model("ta").named_parameters() if k.startswith("cma.")} == {"a_to_t", "t_to_a"}
     assert not any(k.startswith("cma.") for k, _ in _model("v").named_parameters())
@@ -96,7 +103,8 @@ def test_reconstruction_loss_values() -> None:
     # KL(p || p_hat) is zero when the mean activation equals p, positive otherwise.
     logit = float(np.log(0.2 / 0.8))
     assert float(reconstruction_loss("kl", torch.full((1, 2, 2, 3), logit), target, entries, 0.2)) == pytest.approx(
-        0.0, abs=1e-6)
+        0.0, abs=1e-6
+    )
     assert float(reconstruction_loss("kl", torch.zeros(1, 2, 2, 3), target, entries, 0.2)) > 0.1
 
 

@@ -27,8 +27,9 @@ NUM_CLASSES = 3
 
 def _build(name: str, modalities: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return build_model(name, in_dims={m: DIMS[m] for m in modalities}, num_classes=NUM_CLASSES,
-                       num_speakers=2, num_parties=2)
+    return build_model(
+        name, in_dims={m: DIMS[m] for m in modalities}, num_classes=NUM_CLASSES, num_speakers=2, num_parties=2
+    )
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -52,9 +53,17 @@ def test_every_parameter_gets_a_gradient(name: str) -> None:
     model = _build(name, "tav").train()
     out = model(batch)
     loss = torch.nn.functional.cross_entropy(out.logits, batch.flat_labels)
-    loss = loss + sum(out.aux_losses.values()) + sum(lg.sum() * 0 + lg.logsumexp(-1).mean() for lg in out.unimodal_logits.values())
+    loss = (
+        loss
+        + sum(out.aux_losses.values())
+        + sum(lg.sum() * 0 + lg.logsumexp(-1).mean() for lg in out.unimodal_logits.values())
+    )
     loss.backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
+    missing = [
+        n
+        for n, p in model.named_parameters()
+        if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())
+    ]
     assert not missing, f"no (finite) gradient for: {missing}"
     dead = [n for n, p in model.named_parameters() if p.requires_grad and p.grad.abs().sum() == 0]
     assert not dead, f"all-zero gradient for: {dead}"
@@ -70,7 +79,7 @@ def test_predictions_do_not_depend_on_padding_or_batch_mates(name: str) -> None:
         offsets = [0, 1, 8, 11, 23]
         for i, item in enumerate(items):
             alone = model(collate([item], ds.modalities)).logits
-            torch.testing.assert_close(together[offsets[i]:offsets[i + 1]], alone, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(together[offsets[i] : offsets[i + 1]], alone, rtol=1e-4, atol=1e-5)
         # Another order of the same dialogues gives the same per-dialogue predictions.
         reordered = model(collate([items[3], items[1], items[0], items[2]], ds.modalities)).logits
         torch.testing.assert_close(reordered[:12], together[11:23], rtol=1e-4, atol=1e-5)
@@ -116,8 +125,13 @@ def test_overfits_a_tiny_set(name: str) -> None:
     ds = make_dataset((6, 9, 4, 8, 5), "tav", seed=2, separable=True)
     torch.manual_seed(0)
     model = _build(name, "tav")
-    trainer = Trainer(model, to_tensors(ds), ds.modalities, ds.num_classes,
-                      TrainConfig(epochs=60, lr=0.003, batch_size=5, patience=0, show_progress=False, clip_grad_norm=5.0))
+    trainer = Trainer(
+        model,
+        to_tensors(ds),
+        ds.modalities,
+        ds.num_classes,
+        TrainConfig(epochs=60, lr=0.003, batch_size=5, patience=0, show_progress=False, clip_grad_norm=5.0),
+    )
     trainer.fit()
     assert trainer.evaluate(trainer.train_items)["accuracy"] >= 95.0
 
@@ -175,8 +189,9 @@ def test_unimodal_logits_and_features_for_every_per_modality_model(name: str) ->
     # The heads are trained: a unimodal loss term (a probe on detached codes unless the paper
     # lets it flow into the encoders).
     assert {"unimodal_probe", "unimodal_ce"} & set(out.aux_losses)
-    off = build_model(name, in_dims=DIMS, num_classes=NUM_CLASSES, num_speakers=2, num_parties=2,
-                      unimodal_heads=False).train()
+    off = build_model(
+        name, in_dims=DIMS, num_classes=NUM_CLASSES, num_speakers=2, num_parties=2, unimodal_heads=False
+    ).train()
     assert off(batch).unimodal_logits == {}
 
 
@@ -217,8 +232,14 @@ def test_early_fusion_models_refuse_per_modality_plugins(name: str) -> None:
         model.register_before_fuse(lambda b, c: c)
     ds = make_dataset((3, 4), "tav")
     with pytest.raises(ConfigError, match="needs-modalities"):
-        Trainer(model, to_tensors(ds), ds.modalities, ds.num_classes, TrainConfig(show_progress=False),
-                plugins=[NeedsModalities()])
+        Trainer(
+            model,
+            to_tensors(ds),
+            ds.modalities,
+            ds.num_classes,
+            TrainConfig(show_progress=False),
+            plugins=[NeedsModalities()],
+        )
     batch, _ = make_batch((1, 7, 3), "tav")
     assert model.train()(batch).unimodal_logits == {}
 

@@ -59,7 +59,7 @@ def test_prediction_invariant_to_batch_mates() -> None:
         for mates in ([0, 1], [1, 3, 2], [3, 2, 0, 1]):
             out = model(collate([items[i] for i in mates], ds.modalities)).logits
             start = sum(len(items[i]) for i in mates[: mates.index(1)])
-            torch.testing.assert_close(out[start:start + 11], alone, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(out[start : start + 11], alone, rtol=1e-5, atol=1e-6)
 
 
 def test_graph_part_is_causal_without_the_bidirectional_text_encoder() -> None:

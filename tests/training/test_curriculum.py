@@ -116,8 +116,9 @@ class _Recorder(TrainerPlugin):
         self.seen[trainer.epoch].update(batch.dialogue_ids)
 
 
-def _trainer(ds: MercDataset, plugins: list[TrainerPlugin], epochs: int, model: str = "bclstm",
-             run_dir=None) -> Trainer:  # type: ignore[no-untyped-def]
+def _trainer(
+    ds: MercDataset, plugins: list[TrainerPlugin], epochs: int, model: str = "bclstm", run_dir=None
+) -> Trainer:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
     small = {"bclstm": {"hidden_size": 4, "dense_size": 4}, "multidag": {"hidden_size": 8, "num_layers": 1}}[model]
     net = build_model(model, in_dims=ds.dims, num_classes=ds.num_classes, **small)
@@ -192,13 +193,25 @@ def test_mismatched_training_set_is_an_error() -> None:
 
 def test_hand_built_dataset_order_is_train_split_order() -> None:
     convs = [
-        Conversation(id="hard", speakers=list("ABAB"), labels=np.array([0, 1, 2, 0]),
-                     features={"t": np.zeros((4, 2), np.float32)}),
-        Conversation(id="easy", speakers=list("ABAB"), labels=np.array([0, 1, 0, 1]),
-                     features={"t": np.zeros((4, 2), np.float32)}),
+        Conversation(
+            id="hard",
+            speakers=list("ABAB"),
+            labels=np.array([0, 1, 2, 0]),
+            features={"t": np.zeros((4, 2), np.float32)},
+        ),
+        Conversation(
+            id="easy",
+            speakers=list("ABAB"),
+            labels=np.array([0, 1, 0, 1]),
+            features={"t": np.zeros((4, 2), np.float32)},
+        ),
     ]
-    ds = MercDataset(name="hand", label_names=["x", "y", "z"], splits={"train": convs, "valid": convs, "test": convs},
-                     modalities=("t",))
+    ds = MercDataset(
+        name="hand",
+        label_names=["x", "y", "z"],
+        splits={"train": convs, "valid": convs, "test": convs},
+        modalities=("t",),
+    )
     cur = build_curriculum({"buckets": 2}, ds)
     assert cur is not None
     assert cur.difficulties == pytest.approx([(2 + 2) / (4 + 2), 2 / 6])

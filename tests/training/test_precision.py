@@ -21,8 +21,15 @@ def _trainer(precision: str = "32", run_dir=None, epochs: int = 3, plugins=()) -
     # attention, and its float32 islands (RGCN, classifier; merc.models.layers.precision).
     ds = make_dataset((5, 7, 3, 6, 4, 8), "t", seed=4, separable=True)
     torch.manual_seed(0)
-    model = build_model("corect", in_dims=ds.dims, num_classes=ds.num_classes, hidden_size=8,
-                        gnn_heads=2, transformer_heads=2, transformer_ffn_size=16)
+    model = build_model(
+        "corect",
+        in_dims=ds.dims,
+        num_classes=ds.num_classes,
+        hidden_size=8,
+        gnn_heads=2,
+        transformer_heads=2,
+        transformer_ffn_size=16,
+    )
     cfg = TrainConfig(epochs=epochs, batch_size=2, lr=0.01, patience=0, show_progress=False, precision=precision)
     return Trainer(model, to_tensors(ds), ds.modalities, ds.num_classes, cfg, plugins=list(plugins), run_dir=run_dir)
 
@@ -41,11 +48,14 @@ def test_unknown_precision_lists_the_choices(value: str) -> None:
         TrainConfig.from_dict({"precision": value})
 
 
-@pytest.mark.parametrize(("override", "expected"), [
-    ("training.precision=bf16-mixed", "bf16-mixed"),
-    ("training.precision=BF16_mixed", "bf16-mixed"),
-    ("training.precision=32", "32"),  # YAML reads an int; from_dict makes it the string
-])
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("training.precision=bf16-mixed", "bf16-mixed"),
+        ("training.precision=BF16_mixed", "bf16-mixed"),
+        ("training.precision=32", "32"),  # YAML reads an int; from_dict makes it the string
+    ],
+)
 def test_precision_from_a_recipe_override(override: str, expected: str) -> None:
     recipe = apply_overrides({"training": {"lr": 0.01}}, [override])
     assert TrainConfig.from_dict(recipe["training"]).precision == expected

@@ -22,8 +22,13 @@ from merc.training.robustness_sweep import (
 )
 from merc.training.runner import run_experiment
 
-SMALL = ["model.hidden_size=8", "model.fe_hidden=8", "model.gat_hidden=4", "model.cma_dim=4",
-         "model.classifier_hidden=8"]
+SMALL = [
+    "model.hidden_size=8",
+    "model.fe_hidden=8",
+    "model.gat_hidden=4",
+    "model.cma_dim=4",
+    "model.classifier_hidden=8",
+]
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +39,9 @@ def tiny() -> MercDataset:
 @pytest.fixture(scope="module")
 def trained_run(tiny: MercDataset, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("run") / "micga"
-    res = run_experiment("micga", tiny, "tav", seeds=(0, 1), out_dir=out,
-                         overrides=["training.epochs=2", *SMALL], show_progress=False)
+    res = run_experiment(
+        "micga", tiny, "tav", seeds=(0, 1), out_dir=out, overrides=["training.epochs=2", *SMALL], show_progress=False
+    )
     return out, res
 
 
@@ -46,8 +52,9 @@ def test_train_complete_protocol(trained_run, tiny: MercDataset, tmp_path) -> No
     by_name = {c["name"]: c for c in rep["conditions"]}
     assert list(by_name) == ["rate=0.00", "rate=0.30", "rate=0.70", "drop=a", "drop=tv"]
     # Rate 0 reuses the selected weights on the untouched test split: the run's own test scores.
-    np.testing.assert_allclose(by_name["rate=0.00"]["metrics"]["weighted_f1"]["per_seed"],
-                               res["test"]["weighted_f1"]["per_seed"])
+    np.testing.assert_allclose(
+        by_name["rate=0.00"]["metrics"]["weighted_f1"]["per_seed"], res["test"]["weighted_f1"]["per_seed"]
+    )
     assert len(by_name["rate=0.00"]["runs"]) == 2  # one mask-free evaluation per training seed
     assert len(by_name["rate=0.30"]["runs"]) == 4  # 2 training seeds x 2 mask seeds
     assert by_name["rate=0.70"]["effective_rate"] == pytest.approx(2 / 3)
@@ -68,8 +75,18 @@ def test_train_complete_protocol(trained_run, tiny: MercDataset, tmp_path) -> No
 def test_train_complete_imputations(trained_run, tiny: MercDataset) -> None:
     """MeanImp fills the raw training mean, which z-scoring maps to merc's default 0."""
     run, _ = trained_run
-    reps = {m: robustness_from_run(run, rates=(0.5,), drops=(), mask_seeds=(0,), imputation=m, dataset=tiny,
-                                   mask_dir=run.parent / "other_masks") for m in ("none", "mean", "zero")}
+    reps = {
+        m: robustness_from_run(
+            run,
+            rates=(0.5,),
+            drops=(),
+            mask_seeds=(0,),
+            imputation=m,
+            dataset=tiny,
+            mask_dir=run.parent / "other_masks",
+        )
+        for m in ("none", "mean", "zero")
+    }
     assert reps["mean"]["imputation"] == "mean" and len(reps["mean"]["conditions"][0]["runs"]) == 2
     f1 = {m: r["conditions"][0]["metrics"]["weighted_f1"]["per_seed"] for m, r in reps.items()}
     np.testing.assert_allclose(f1["mean"], f1["none"], atol=1e-6)
@@ -82,8 +99,16 @@ def test_train_complete_needs_a_run_folder(tmp_path) -> None:
 
 
 def test_retrain_protocol_masks_every_split(tiny: MercDataset, tmp_path) -> None:
-    rep = robustness_by_retraining("micga", tiny, "tav", tmp_path, rates=(0.0, 0.5), drops=("v",), seeds=(0,),
-                                   overrides=["training.epochs=1", *SMALL])
+    rep = robustness_by_retraining(
+        "micga",
+        tiny,
+        "tav",
+        tmp_path,
+        rates=(0.0, 0.5),
+        drops=("v",),
+        seeds=(0,),
+        overrides=["training.epochs=1", *SMALL],
+    )
     assert [c["name"] for c in rep["conditions"]] == ["rate=0.00", "rate=0.50", "drop=v"]
     assert (tmp_path / "micga" / "rate0.50" / "mask_0" / "results.json").is_file()
     masks, _ = read_masks(tmp_path / MASK_DIR / "same-rate" / "tav" / "rate0.50_seed0.npz")
@@ -95,8 +120,15 @@ def test_retrain_protocol_masks_every_split(tiny: MercDataset, tmp_path) -> None
 
 def test_cli_entry(tmp_path) -> None:
     run = tmp_path / "run"
-    run_experiment("micga", "synthetic", "tav", seeds=(0,), out_dir=run,
-                   overrides=["training.epochs=1", *SMALL], show_progress=False)
+    run_experiment(
+        "micga",
+        "synthetic",
+        "tav",
+        seeds=(0,),
+        out_dir=run,
+        overrides=["training.epochs=1", *SMALL],
+        show_progress=False,
+    )
     parser = add_robustness_arguments(argparse.ArgumentParser())
     args = parser.parse_args([str(run), "--rates", "0,0.4", "--drops", "v", "--mask-seeds", "0"])
     assert robustness_main(args) == 0
@@ -109,11 +141,31 @@ def test_cli_entry(tmp_path) -> None:
         robustness_main(parser.parse_args(["--model", "micga"]))
     # Earlier sweeps combine into one table; an imputed sweep is labelled by its imputation.
     zero = tmp_path / "zero"
-    assert robustness_main(parser.parse_args([str(run), "--rates", "0.4", "--drops", "none", "--mask-seeds", "0",
-                                              "--imputation", "zero", "--out", str(zero)])) == 0
+    assert (
+        robustness_main(
+            parser.parse_args(
+                [
+                    str(run),
+                    "--rates",
+                    "0.4",
+                    "--drops",
+                    "none",
+                    "--mask-seeds",
+                    "0",
+                    "--imputation",
+                    "zero",
+                    "--out",
+                    str(zero),
+                ]
+            )
+        )
+        == 0
+    )
     merged = tmp_path / "merged"
-    assert robustness_main(parser.parse_args(["--merge", str(run / "robustness.json"), str(zero),
-                                              "--out", str(merged)])) == 0
+    assert (
+        robustness_main(parser.parse_args(["--merge", str(run / "robustness.json"), str(zero), "--out", str(merged)]))
+        == 0
+    )
     md = (merged / "robustness.md").read_text()
     assert "| micga |" in md and "| micga + zero imputation |" in md
     with pytest.raises(ConfigError, match="--merge needs --out"):

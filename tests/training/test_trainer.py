@@ -149,8 +149,9 @@ def test_plugins_compose_weights_multiply_and_terms_add_under_their_names() -> N
     from merc.data.batching import collate
 
     plain = _trainer(epochs=1)
-    both = _trainer(epochs=1, plugins=[_Weights("a", 0.5), _Weights("b", 3.0), _Term("c", "extra", 2.0),
-                                       _Term("d", "more", 0.25)])
+    both = _trainer(
+        epochs=1, plugins=[_Weights("a", 0.5), _Weights("b", 3.0), _Term("c", "extra", 2.0), _Term("d", "more", 0.25)]
+    )
     both.model.load_state_dict(plain.model.state_dict())
     batch = collate(plain.train_items, plain.modalities)
     plain.model.eval(), both.model.eval()
@@ -159,7 +160,7 @@ def test_plugins_compose_weights_multiply_and_terms_add_under_their_names() -> N
     terms = both.loss_terms(batch, both.model(batch))
     assert set(terms) == set(base) | {"extra", "more"}
     torch.testing.assert_close(terms["classification"], 1.5 * base["classification"])
-    assert float(terms["extra"]) == 2.0 and float(terms["more"]) == 0.25
+    assert float(terms["extra"].detach()) == 2.0 and float(terms["more"].detach()) == 0.25
     both.model.train()
     both.train_epoch()
     assert {"classification", "extra", "more"} <= set(both.last_loss_terms)

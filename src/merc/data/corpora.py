@@ -66,8 +66,13 @@ def _iemocap_dataset(name: str, label_names: list[str], convs: list[Conversation
     for conv in sorted(convs, key=lambda c: c.id):
         splits[conv.split].append(conv)
     # Transcripts are the same for all IEMOCAP variants: one text-feature cache entry.
-    return MercDataset(name=name, label_names=label_names, splits=splits, description=description,
-                       meta={"text_cache_key": name, "corpus": "IEMOCAP"})
+    return MercDataset(
+        name=name,
+        label_names=label_names,
+        splits=splits,
+        description=description,
+        meta={"text_cache_key": name, "corpus": "IEMOCAP"},
+    )
 
 
 def _load_iemocap6_conversations(root: Path) -> list[Conversation]:
@@ -75,13 +80,16 @@ def _load_iemocap6_conversations(root: Path) -> list[Conversation]:
     ids6 = _iemocap_utterance_ids(root, "iemocap_6way_ids.pkl")
     convs = []
     for dia, split in split_of.items():
-        convs.append(Conversation(
-            id=dia, split=split,
-            speakers=list(cosmic["speakers"][dia]),
-            labels=np.asarray(cosmic["labels"][dia]),
-            utterance_ids=list(ids6["utterance_ids"].get(dia, [])),
-            texts=[str(t) for t in cosmic["sentences"][dia]],
-        ))
+        convs.append(
+            Conversation(
+                id=dia,
+                split=split,
+                speakers=list(cosmic["speakers"][dia]),
+                labels=np.asarray(cosmic["labels"][dia]),
+                utterance_ids=list(ids6["utterance_ids"].get(dia, [])),
+                texts=[str(t) for t in cosmic["sentences"][dia]],
+            )
+        )
     return convs
 
 
@@ -135,13 +143,16 @@ def load_iemocap4(data_root: Path) -> MercDataset:
     for dia, split in split_of.items():
         if dia not in ids4["labels"] or not len(ids4["labels"][dia]):
             continue
-        convs.append(Conversation(
-            id=dia, split=split,
-            speakers=list(ids4["speakers"][dia]),
-            labels=np.asarray(ids4["labels"][dia]),
-            utterance_ids=list(ids4["utterance_ids"][dia]),
-            texts=[str(t) for t in ids4["sentences"][dia]],
-        ))
+        convs.append(
+            Conversation(
+                id=dia,
+                split=split,
+                speakers=list(ids4["speakers"][dia]),
+                labels=np.asarray(ids4["labels"][dia]),
+                utterance_ids=list(ids4["utterance_ids"][dia]),
+                texts=[str(t) for t in ids4["sentences"][dia]],
+            )
+        )
     return _iemocap_dataset("iemocap4", IEMOCAP4_LABELS, convs, get_description("iemocap4"))
 
 
@@ -165,23 +176,33 @@ def read_meld_csv(path: Path, split: str, label_column: str, label_names: list[s
     convs = []
     for dia_id in sorted(dialogues):
         rows = sorted(dialogues[dia_id], key=lambda r: int(r["Utterance_ID"]))
-        convs.append(Conversation(
-            id=f"{split}_dia{dia_id}", split=split,
-            speakers=[r["Speaker"] for r in rows],
-            labels=np.array([index[r[label_column].lower()] for r in rows]),
-            utterance_ids=[f"{split}_dia{dia_id}_utt{r['Utterance_ID']}" for r in rows],
-            # The release's typographic quotes are kept: they are what the encoder reads.
-            texts=[r["Utterance"] for r in rows],
-            meta={"season": rows[0]["Season"], "episode": rows[0]["Episode"]},
-        ))
+        convs.append(
+            Conversation(
+                id=f"{split}_dia{dia_id}",
+                split=split,
+                speakers=[r["Speaker"] for r in rows],
+                labels=np.array([index[r[label_column].lower()] for r in rows]),
+                utterance_ids=[f"{split}_dia{dia_id}_utt{r['Utterance_ID']}" for r in rows],
+                # The release's typographic quotes are kept: they are what the encoder reads.
+                texts=[r["Utterance"] for r in rows],
+                meta={"season": rows[0]["Season"], "episode": rows[0]["Episode"]},
+            )
+        )
     return convs
 
 
 def _load_meld(data_root: Path, name: str, label_column: str, label_names: list[str]) -> MercDataset:
-    splits = {s: read_meld_csv(data_root / "meld" / f, s, label_column, label_names) for s, f in _MELD_SPLIT_FILES.items()}
+    splits = {
+        s: read_meld_csv(data_root / "meld" / f, s, label_column, label_names) for s, f in _MELD_SPLIT_FILES.items()
+    }
     # meld7 and meld3 share transcripts: one text-feature cache entry.
-    return MercDataset(name=name, label_names=label_names, splits=splits, description=get_description(name),
-                       meta={"text_cache_key": "meld", "corpus": "MELD"})
+    return MercDataset(
+        name=name,
+        label_names=label_names,
+        splits=splits,
+        description=get_description(name),
+        meta={"text_cache_key": "meld", "corpus": "MELD"},
+    )
 
 
 @register_dataset(

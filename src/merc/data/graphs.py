@@ -137,9 +137,7 @@ class CorectGraph(NamedTuple):
     num_nodes: int
 
 
-def _window_pairs(
-    position: Tensor, length_of: Tensor, max_offset: int, direction: int
-) -> tuple[Tensor, Tensor]:
+def _window_pairs(position: Tensor, length_of: Tensor, max_offset: int, direction: int) -> tuple[Tensor, Tensor]:
     """(owner, neighbour) flat-index pairs with ``neighbour = owner + direction * o``, ``1 <= o <= max_offset``.
 
     One ``[N, max_offset]`` grid for all offsets: no loop over offsets or utterances.

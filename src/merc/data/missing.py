@@ -311,8 +311,14 @@ def apply_missing(
         return avail
 
     new_splits = _mask_each_conversation(dataset, masked, cols, "apply_missing", availability)
-    info = {"kind": "rate", "requested_rate": float(requested), "rate": rate, "seed": int(seed), "protocol": protocol,
-            "splits": list(masked)}
+    info = {
+        "kind": "rate",
+        "requested_rate": float(requested),
+        "rate": rate,
+        "seed": int(seed),
+        "protocol": protocol,
+        "splits": list(masked),
+    }
     return _replace_splits(dataset, new_splits, info, masked)
 
 
@@ -338,7 +344,9 @@ def drop_modalities(
     if absent:
         raise DataError(f"cannot drop {''.join(absent)}: dataset has modalities {''.join(dataset.modalities)}")
     if set(dropped) == set(dataset.modalities):
-        raise DataError(f"dropping {''.join(dropped)} leaves no modality; keep at least one of {''.join(dataset.modalities)}")
+        raise DataError(
+            f"dropping {''.join(dropped)} leaves no modality; keep at least one of {''.join(dataset.modalities)}"
+        )
     cols = _columns(dataset)
     masked = _masked_splits(splits, protocol)
 
@@ -486,8 +494,12 @@ def save_masks(dataset: MercDataset, path: str | Path, meta: Mapping[str, Any] |
     """
     path = Path(path)
     convs = list(dataset.conversations())
-    info = {"dataset": dataset.name, "modalities": "".join(dataset.modalities),
-            "missing": dataset.meta.get("missing", []), **dict(meta or {})}
+    info = {
+        "dataset": dataset.name,
+        "modalities": "".join(dataset.modalities),
+        "missing": dataset.meta.get("missing", []),
+        **dict(meta or {}),
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     avail = [_full_availability(c) for c in convs]
     with path.open("wb") as fh:
@@ -546,8 +558,10 @@ def load_masks(dataset: MercDataset, path: str | Path) -> MercDataset:
             if avail.shape != (len(conv), len(MODALITIES)):
                 raise DataError(f"{path}: dialogue {conv.id!r} has {len(conv)} utterances, the mask {avail.shape[0]}")
             if not avail[:, cols].any(1).all():
-                raise DataError(f"{path}: an utterance of {conv.id!r} keeps none of the modalities "
-                                f"{''.join(dataset.modalities)}; the masks were made for other modalities")
+                raise DataError(
+                    f"{path}: an utterance of {conv.id!r} keeps none of the modalities "
+                    f"{''.join(dataset.modalities)}; the masks were made for other modalities"
+                )
             out.append(_with_availability(conv, avail.copy(), dataset.modalities))
         new_splits[split] = out
     info = {"kind": "file", "path": str(path), "source": meta.get("missing", [])}
@@ -555,7 +569,20 @@ def load_masks(dataset: MercDataset, path: str | Path) -> MercDataset:
 
 
 __all__ = [
-    "IMPUTATION_METHODS", "MISSING_PROTOCOLS", "apply_missing", "check_rate", "dialogue_rng", "drop_available",
-    "drop_modalities", "impute", "load_masks", "max_missing_rate", "missing_count_distribution", "missing_patterns",
-    "read_masks", "realized_missing_rate", "sample_availability", "save_masks",
+    "IMPUTATION_METHODS",
+    "MISSING_PROTOCOLS",
+    "apply_missing",
+    "check_rate",
+    "dialogue_rng",
+    "drop_available",
+    "drop_modalities",
+    "impute",
+    "load_masks",
+    "max_missing_rate",
+    "missing_count_distribution",
+    "missing_patterns",
+    "read_masks",
+    "realized_missing_rate",
+    "sample_availability",
+    "save_masks",
 ]

@@ -54,16 +54,27 @@ _DATASETS: dict[str, DatasetSpec] = {}
 
 
 def register_dataset(
-    name: str, description: str, modalities: str = "t", needs_data_root: bool = True,
-    annotations_of: str | None = None, recipe_defaults: Mapping[str, Mapping[str, Any]] | None = None,
+    name: str,
+    description: str,
+    modalities: str = "t",
+    needs_data_root: bool = True,
+    annotations_of: str | None = None,
+    recipe_defaults: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Callable[[Loader], Loader]:
     """Decorator registering a loader under ``name`` (arguments: :class:`DatasetSpec`)."""
 
     def deco(fn: Loader) -> Loader:
         if name in _DATASETS:
             raise ValueError(f"dataset {name!r} registered twice")
-        _DATASETS[name] = DatasetSpec(name, fn, description, parse_modalities(modalities), needs_data_root,
-                                      annotations_of, dict(recipe_defaults or {}))
+        _DATASETS[name] = DatasetSpec(
+            name,
+            fn,
+            description,
+            parse_modalities(modalities),
+            needs_data_root,
+            annotations_of,
+            dict(recipe_defaults or {}),
+        )
         return fn
 
     return deco
@@ -77,7 +88,9 @@ def list_datasets() -> list[str]:
 def get_dataset_spec(name: str) -> DatasetSpec:
     _import_builtin_datasets()
     if name not in _DATASETS:
-        raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(sorted(_DATASETS))} (see `merc datasets`)")
+        raise ConfigError(
+            f"unknown dataset {name!r}; choose one of: {', '.join(sorted(_DATASETS))} (see `merc datasets`)"
+        )
     return _DATASETS[name]
 
 
@@ -183,16 +196,16 @@ def read_dataset_path(path: str | os.PathLike[str], **options: Any) -> MercDatas
     if p.is_dir():
         return read_native(p)
     if not p.is_file():
-        raise DataError(f"dataset path not found: {p}; give a registered name (merc datasets) or an existing file/folder")
+        raise DataError(
+            f"dataset path not found: {p}; give a registered name (merc datasets) or an existing file/folder"
+        )
     head = safe_load_pickle(p)
     if isinstance(head, dict):
         return read_corect_pickle(p, name=p.stem, **options)
     return read_dialoguegcn_pickle(p, name=p.stem, **options)
 
 
-def attach_text_features(
-    dataset: MercDataset, text_encoder: str | None = None, show_progress: bool = True
-) -> None:
+def attach_text_features(dataset: MercDataset, text_encoder: str | None = None, show_progress: bool = True) -> None:
     """Compute (or read from cache) sentence embeddings of every transcript, in place."""
     from merc.features.text import DEFAULT_TEXT_ENCODER, cached_text_features
 
@@ -201,8 +214,10 @@ def attach_text_features(
         raise DataError(f"dataset {dataset.name!r} has no transcripts to compute text features from")
     texts = [t for c in convs for t in c.texts or []]
     feats = cached_text_features(
-        dataset.meta.get("text_cache_key", dataset.name), texts,
-        encoder=text_encoder or DEFAULT_TEXT_ENCODER, show_progress=show_progress,
+        dataset.meta.get("text_cache_key", dataset.name),
+        texts,
+        encoder=text_encoder or DEFAULT_TEXT_ENCODER,
+        show_progress=show_progress,
     )
     offsets = np.cumsum([0] + [len(c) for c in convs])
     for conv, start, end in zip(convs, offsets[:-1], offsets[1:]):

@@ -19,10 +19,37 @@ from merc.errors import DataError, UnsafePickleError
 # Globals a plain-data pickle may reference. numpy needs its array reconstructor and
 # dtype; collections.OrderedDict/defaultdict appear in older feature files.
 _ALLOWED_GLOBALS: dict[str, set[str]] = {
-    "builtins": {"dict", "list", "tuple", "set", "frozenset", "str", "bytes", "bytearray",
-                 "int", "float", "complex", "bool", "slice", "range"},
-    "__builtin__": {"dict", "list", "tuple", "set", "frozenset", "str", "unicode", "bytes",
-                    "int", "long", "float", "complex", "bool"},
+    "builtins": {
+        "dict",
+        "list",
+        "tuple",
+        "set",
+        "frozenset",
+        "str",
+        "bytes",
+        "bytearray",
+        "int",
+        "float",
+        "complex",
+        "bool",
+        "slice",
+        "range",
+    },
+    "__builtin__": {
+        "dict",
+        "list",
+        "tuple",
+        "set",
+        "frozenset",
+        "str",
+        "unicode",
+        "bytes",
+        "int",
+        "long",
+        "float",
+        "complex",
+        "bool",
+    },
     "collections": {"OrderedDict", "defaultdict"},
     "copy_reg": {"_reconstructor"},
     "copyreg": {"_reconstructor"},
@@ -68,9 +95,20 @@ def safe_loads(data: bytes, encoding: str = "latin1") -> Any:
         return _RestrictedUnpickler(io.BytesIO(data), encoding=encoding).load()
     except UnsafePickleError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
-            IndexError, KeyError, ImportError, MemoryError) as exc:
-        raise DataError(f"not a readable pickle ({type(exc).__name__}: {exc}); the file may be truncated or corrupt") from exc
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        ImportError,
+        MemoryError,
+    ) as exc:
+        raise DataError(
+            f"not a readable pickle ({type(exc).__name__}: {exc}); the file may be truncated or corrupt"
+        ) from exc
 
 
 def safe_load_pickle(path: str | Path, encoding: str = "latin1") -> Any:

@@ -178,9 +178,7 @@ def _class_prior(class_prior: Sequence[float] | None, num_classes: int) -> np.nd
     return prior / prior.sum()
 
 
-def _prototypes(
-    rng: np.random.Generator, num_classes: int, dim: int, merged: Iterable[tuple[int, int]]
-) -> np.ndarray:
+def _prototypes(rng: np.random.Generator, num_classes: int, dim: int, merged: Iterable[tuple[int, int]]) -> np.ndarray:
     """Unit-norm class prototypes plus a zero row for :data:`UNLABELLED`.
 
     Shapes:
@@ -409,8 +407,17 @@ def generate_synthetic(
     for m in mods:
         merged = [p for o, p in pairs.items() if o != m]
         signal, rest = _signal_and_rest(
-            rng_mods[MODALITIES.index(m)], labels, speakers, dialogue, num_classes, num_global_speakers,
-            int(dims[m]), merged, context_signal, speaker_offset, dialogue_offset,
+            rng_mods[MODALITIES.index(m)],
+            labels,
+            speakers,
+            dialogue,
+            num_classes,
+            num_global_speakers,
+            int(dims[m]),
+            merged,
+            context_signal,
+            speaker_offset,
+            dialogue_offset,
         )
         feats[m] = (alphas[m] * signal + rest).astype(np.float32)
 
@@ -429,13 +436,23 @@ def generate_synthetic(
             )
         )
     params: dict[str, Any] = {
-        "num_dialogues": list(num_dialogues), "num_classes": num_classes, "min_len": min_len,
-        "max_len": max_len, "num_speakers_range": [lo_p, hi_p], "dims": {m: int(dims[m]) for m in mods},
-        "informativeness": alphas, "speaker_inertia": speaker_inertia,
-        "interlocutor_influence": interlocutor_influence, "turn_switch": turn_switch,
-        "class_prior": prior.tolist(), "exclusive_pairs": exclusive_pairs, "context_signal": context_signal,
-        "speaker_offset": speaker_offset, "dialogue_offset": dialogue_offset,
-        "num_global_speakers": num_global_speakers, "seed": seed,
+        "num_dialogues": list(num_dialogues),
+        "num_classes": num_classes,
+        "min_len": min_len,
+        "max_len": max_len,
+        "num_speakers_range": [lo_p, hi_p],
+        "dims": {m: int(dims[m]) for m in mods},
+        "informativeness": alphas,
+        "speaker_inertia": speaker_inertia,
+        "interlocutor_influence": interlocutor_influence,
+        "turn_switch": turn_switch,
+        "class_prior": prior.tolist(),
+        "exclusive_pairs": exclusive_pairs,
+        "context_signal": context_signal,
+        "speaker_offset": speaker_offset,
+        "dialogue_offset": dialogue_offset,
+        "num_global_speakers": num_global_speakers,
+        "seed": seed,
     }
     dataset = MercDataset(
         name="synthetic",
@@ -691,19 +708,36 @@ def add_generated_av(
     for m in gen_mods:
         merged = [p for o, p in pairs.items() if o != m]
         signal, rest = _signal_and_rest(
-            streams[MODALITIES.index(m)], labels, speakers, dialogue, dataset.num_classes, len(spk_index),
-            int(dims[m]), merged, context_signal, speaker_offset, dialogue_offset,
+            streams[MODALITIES.index(m)],
+            labels,
+            speakers,
+            dialogue,
+            dataset.num_classes,
+            len(spk_index),
+            int(dims[m]),
+            merged,
+            context_signal,
+            speaker_offset,
+            dialogue_offset,
         )
         if calibrate:
             alpha, achieved, history = _calibrate(
-                signal[labelled], rest[labelled], labels[labelled], fit[labelled], evaluate[labelled],
-                float(targets[m]), tolerance, max_evals,
+                signal[labelled],
+                rest[labelled],
+                labels[labelled],
+                fit[labelled],
+                evaluate[labelled],
+                float(targets[m]),
+                tolerance,
+                max_evals,
             )
             if abs(achieved - targets[m]) > tolerance:
                 log.warning("calibration of %s reached w-F1 %.1f, target %.1f", m, achieved, targets[m])
             calibration[m] = {
-                "target": float(targets[m]), "requested_target": float(requested[m]),
-                "achieved": achieved, "informativeness": alpha,
+                "target": float(targets[m]),
+                "requested_target": float(requested[m]),
+                "achieved": achieved,
+                "informativeness": alpha,
                 "evaluations": [list(h) for h in history],
             }
         else:
@@ -727,8 +761,11 @@ def add_generated_av(
         **dataset.meta,
         "generated_modalities": list(gen_mods),
         "generation": {
-            "generator": "merc.data.synthetic.add_generated_av", "dims": {m: int(dims[m]) for m in gen_mods},
-            "seed": seed, "context_signal": context_signal, "speaker_offset": speaker_offset,
+            "generator": "merc.data.synthetic.add_generated_av",
+            "dims": {m: int(dims[m]) for m in gen_mods},
+            "seed": seed,
+            "context_signal": context_signal,
+            "speaker_offset": speaker_offset,
             "dialogue_offset": dialogue_offset,
             "exclusive_pairs": {o: [dataset.label_names[j], dataset.label_names[k]] for o, (j, k) in pairs.items()},
         },
@@ -742,8 +779,14 @@ def add_generated_av(
     return dataclasses.replace(dataset, splits=splits, modalities=modalities, meta=meta, description=description)
 
 
-@register_dataset("iemocap6-synthav", description=_SYNTHAV_DESCRIPTION, modalities="tav", needs_data_root=True,
-                  annotations_of="iemocap6", recipe_defaults={"curriculum": {"buckets": 5}})
+@register_dataset(
+    "iemocap6-synthav",
+    description=_SYNTHAV_DESCRIPTION,
+    modalities="tav",
+    needs_data_root=True,
+    annotations_of="iemocap6",
+    recipe_defaults={"curriculum": {"buckets": 5}},
+)
 def load_iemocap6_synthav(
     data_root: str | os.PathLike[str] | None, seed: int = 0, text_reference_wf1: float | None = 67.26, **kwargs: Any
 ) -> MercDataset:

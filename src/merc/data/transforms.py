@@ -71,6 +71,13 @@ def standardize_features(
             new_convs.append(conv.replace(features=feats))
         splits[name] = new_convs
     meta = dict(dataset.meta, standardized=list(mods))
-    out = MercDataset(name=dataset.name, label_names=dataset.label_names, splits=splits, modalities=dataset.modalities,
-                      speaker_vocab=dataset.speaker_vocab, description=dataset.description, meta=meta)
+    out = MercDataset(
+        name=dataset.name,
+        label_names=dataset.label_names,
+        splits=splits,
+        modalities=dataset.modalities,
+        speaker_vocab=dataset.speaker_vocab,
+        description=dataset.description,
+        meta=meta,
+    )
     return out

@@ -10,7 +10,9 @@ import numpy as np
 from merc.evaluation.metrics import HEADLINE_METRICS
 
 
-def aggregate_seeds(per_seed: Sequence[Mapping[str, Any]], keys: Sequence[str] = HEADLINE_METRICS) -> dict[str, dict[str, Any]]:
+def aggregate_seeds(
+    per_seed: Sequence[Mapping[str, Any]], keys: Sequence[str] = HEADLINE_METRICS
+) -> dict[str, dict[str, Any]]:
     """``{metric: {"mean", "std", "per_seed"}}`` over the seeds' metric dicts.
 
     ``std`` is the sample standard deviation (``ddof=1``; 0 for a single seed), the

@@ -26,7 +26,9 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
     y_pred = np.asarray(y_pred, dtype=np.int64)
     if y_true.shape != y_pred.shape:
         raise ValueError(f"y_true {y_true.shape} and y_pred {y_pred.shape} differ in shape")
-    return np.bincount(y_true * num_classes + y_pred, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    return np.bincount(y_true * num_classes + y_pred, minlength=num_classes * num_classes).reshape(
+        num_classes, num_classes
+    )
 
 
 def metrics_from_confusion(cm: np.ndarray, label_names: Sequence[str] | None = None) -> dict[str, Any]:

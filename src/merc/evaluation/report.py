@@ -18,14 +18,21 @@ METRIC_TITLES = {"weighted_f1": "weighted F1", "accuracy": "accuracy (WA)", "mac
 def results_table(results: Mapping[str, Any], title: str | None = None) -> Table:
     """Metrics x {valid, test} as ``mean ± std`` over seeds."""
     seeds = results.get("seeds", [])
-    table = Table(title=title or escape(f"{results.get('model')} on {results.get('dataset')} "
-                  f"[{results.get('modalities')}] — {len(seeds)} seed(s), selected on valid"))
+    table = Table(
+        title=title
+        or escape(
+            f"{results.get('model')} on {results.get('dataset')} "
+            f"[{results.get('modalities')}] — {len(seeds)} seed(s), selected on valid"
+        )
+    )
     table.add_column("metric (%)")
     table.add_column("valid", justify="right")
     table.add_column("test", justify="right")
     for key in HEADLINE_METRICS:
         if key in results.get("test", {}):
-            table.add_row(METRIC_TITLES[key], format_mean_std(results["valid"][key]), format_mean_std(results["test"][key]))
+            table.add_row(
+                METRIC_TITLES[key], format_mean_std(results["valid"][key]), format_mean_std(results["test"][key])
+            )
     return table
 
 
@@ -34,7 +41,9 @@ def print_results(results: Mapping[str, Any], console: Console | None = None) ->
     console.print(results_table(results))
     timing = results.get("timing")
     if timing and timing.get("epoch_seconds_median") is not None:
-        console.print(f"time: {timing['total_seconds']:.1f} s total, {timing['epoch_seconds_median']:.2f} s per epoch (median)")
+        console.print(
+            f"time: {timing['total_seconds']:.1f} s total, {timing['epoch_seconds_median']:.2f} s per epoch (median)"
+        )
 
 
 def datasets_table(rows: Sequence[Mapping[str, Any]]) -> Table:
@@ -46,6 +55,10 @@ def datasets_table(rows: Sequence[Mapping[str, Any]]) -> Table:
             table.add_row(r["name"], r.get("modalities", ""), "-", r["error"], "", "")
             continue
         s = r["splits"]
-        table.add_row(r["name"], r["modalities"], str(len(r["label_names"])),
-                      *(f"{s[k]['dialogues']}/{s[k]['utterances']}" for k in ("train", "valid", "test")))
+        table.add_row(
+            r["name"],
+            r["modalities"],
+            str(len(r["label_names"])),
+            *(f"{s[k]['dialogues']}/{s[k]['utterances']}" for k in ("train", "valid", "test")),
+        )
     return table

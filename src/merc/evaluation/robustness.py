@@ -152,25 +152,46 @@ def headline_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 def model_report(
-    protocol: str, model: str, source: str, dataset: str, modalities: Sequence[str], imputation: str,
-    train_seeds: Sequence[int], mask_seeds: Sequence[int], skipped: Sequence[str],
+    protocol: str,
+    model: str,
+    source: str,
+    dataset: str,
+    modalities: Sequence[str],
+    imputation: str,
+    train_seeds: Sequence[int],
+    mask_seeds: Sequence[int],
+    skipped: Sequence[str],
     conditions: Sequence[Mapping[str, Any]],
 ) -> dict[str, Any]:
     """One model's report, as :func:`write_robustness_report` and ``robustness.json`` hold it."""
     return {
-        "protocol": protocol, "model": model, "source": source, "dataset": dataset,
-        "modalities": "".join(modalities), "imputation": imputation, "train_seeds": list(train_seeds),
-        "mask_seeds": list(mask_seeds), "skipped": list(skipped), "conditions": list(conditions),
+        "protocol": protocol,
+        "model": model,
+        "source": source,
+        "dataset": dataset,
+        "modalities": "".join(modalities),
+        "imputation": imputation,
+        "train_seeds": list(train_seeds),
+        "mask_seeds": list(mask_seeds),
+        "skipped": list(skipped),
+        "conditions": list(conditions),
     }
 
 
 # -- report ------------------------------------------------------------------------------------
 def _labels(reports: Sequence[Mapping[str, Any]]) -> list[str]:
     """Curve labels: ``label`` or the model name (+ its imputation); repeats get their source folder."""
-    names = [str(r.get("label") or (r["model"] if r.get("imputation", "none") == "none"
-                                    else f"{r['model']} + {r['imputation']} imputation")) for r in reports]
-    return [n if names.count(n) == 1 else f"{n} ({Path(str(r['source'])).name}, {r['protocol']})"
-            for n, r in zip(names, reports)]
+    names = [
+        str(
+            r.get("label")
+            or (r["model"] if r.get("imputation", "none") == "none" else f"{r['model']} + {r['imputation']} imputation")
+        )
+        for r in reports
+    ]
+    return [
+        n if names.count(n) == 1 else f"{n} ({Path(str(r['source'])).name}, {r['protocol']})"
+        for n, r in zip(names, reports)
+    ]
 
 
 def _cell(entry: Mapping[str, Any] | None, metric: str) -> str:
@@ -186,8 +207,10 @@ def robustness_markdown(reports: Sequence[Mapping[str, Any]], metric: str = "wei
     labels = _labels(reports)
     lines = [f"# Robustness to missing modalities: {title} (%)", ""]
     for r, label in zip(reports, labels):
-        lines.append(f"- **{label}**: {r['protocol']} protocol, {r['dataset']} [{r['modalities']}], "
-                     f"imputation {r['imputation']}, training seeds {r['train_seeds']}, mask seeds {r['mask_seeds']}")
+        lines.append(
+            f"- **{label}**: {r['protocol']} protocol, {r['dataset']} [{r['modalities']}], "
+            f"imputation {r['imputation']}, training seeds {r['train_seeds']}, mask seeds {r['mask_seeds']}"
+        )
     lines.append("")
     for kind, heading in (("rate", "Overall missing rate"), ("drop", "Modality removed from every utterance")):
         values: dict[str, Any] = {}
@@ -199,8 +222,12 @@ def robustness_markdown(reports: Sequence[Mapping[str, Any]], metric: str = "wei
             continue
         cols = [k.split("=", 1)[1] for k in keys]
         extra = ["average"] if kind == "rate" else []
-        lines += [f"## {heading}", "", "| model | " + " | ".join(cols + extra) + " |",
-                  "|---|" + "---:|" * (len(cols) + len(extra))]
+        lines += [
+            f"## {heading}",
+            "",
+            "| model | " + " | ".join(cols + extra) + " |",
+            "|---|" + "---:|" * (len(cols) + len(extra)),
+        ]
         for r, label in zip(reports, labels):
             by_name = {c["name"]: c for c in r["conditions"]}
             cells = [_cell(by_name.get(k), metric) for k in keys]
@@ -212,8 +239,10 @@ def robustness_markdown(reports: Sequence[Mapping[str, Any]], metric: str = "wei
     skipped = sorted({s for r in reports for s in r.get("skipped", [])})
     if skipped:
         lines += ["Skipped conditions:", ""] + [f"- {s}" for s in skipped] + [""]
-    lines.append("mean ± std over training seeds x mask seeds; rate 0.70 with three modalities keeps one "
-                 "modality per utterance (effective 2/3, GCNet's convention).")
+    lines.append(
+        "mean ± std over training seeds x mask seeds; rate 0.70 with three modalities keeps one "
+        "modality per utterance (effective 2/3, GCNet's convention)."
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -232,11 +261,23 @@ def plot_robustness(reports: Sequence[Mapping[str, Any]], path: str | Path, metr
     ax = fig.add_subplot(1, 2 if drop_names else 1, 1)
     title = METRIC_TITLES.get(metric, metric)
     for r, label in zip(reports, labels):
-        pts = sorted(((float(c["value"]), c["metrics"][metric]) for c in r["conditions"]
-                      if c["kind"] == "rate" and metric in c["metrics"]), key=lambda p: p[0])
+        pts = sorted(
+            (
+                (float(c["value"]), c["metrics"][metric])
+                for c in r["conditions"]
+                if c["kind"] == "rate" and metric in c["metrics"]
+            ),
+            key=lambda p: p[0],
+        )
         if pts:
-            ax.errorbar([p[0] for p in pts], [p[1]["mean"] for p in pts], yerr=[p[1]["std"] for p in pts],
-                        marker="o", capsize=3, label=label)
+            ax.errorbar(
+                [p[0] for p in pts],
+                [p[1]["mean"] for p in pts],
+                yerr=[p[1]["std"] for p in pts],
+                marker="o",
+                capsize=3,
+                label=label,
+            )
     ax.set_xlabel("missing rate")
     ax.set_ylabel(f"{title} (%)")
     ax.set_title("metric vs missing rate")
@@ -308,8 +349,20 @@ def merge_robustness_reports(
 
 
 __all__ = [
-    "DEFAULT_DROPS", "DEFAULT_RATES", "MASK_DIR", "REPORT_FILES", "Condition", "condition_entry",
-    "headline_metrics", "load_robustness_reports", "make_conditions", "mask_condition", "mask_seeds_for",
-    "merge_robustness_reports", "model_report", "plot_robustness", "robustness_markdown",
+    "DEFAULT_DROPS",
+    "DEFAULT_RATES",
+    "MASK_DIR",
+    "REPORT_FILES",
+    "Condition",
+    "condition_entry",
+    "headline_metrics",
+    "load_robustness_reports",
+    "make_conditions",
+    "mask_condition",
+    "mask_seeds_for",
+    "merge_robustness_reports",
+    "model_report",
+    "plot_robustness",
+    "robustness_markdown",
     "write_robustness_report",
 ]

@@ -25,4 +25,12 @@ def _discover_models() -> None:
 
 _discover_models()
 
-__all__ = ["MercModel", "ModelOutput", "build_model", "describe_model", "get_model_class", "list_models", "register_model"]
+__all__ = [
+    "MercModel",
+    "ModelOutput",
+    "build_model",
+    "describe_model",
+    "get_model_class",
+    "list_models",
+    "register_model",
+]

@@ -66,7 +66,10 @@ class MercModel(nn.Module):
     models_missing: ClassVar[bool] = False
 
     def __init__(
-        self, in_dims: Mapping[str, int], num_classes: int, unimodal_heads: bool = True,
+        self,
+        in_dims: Mapping[str, int],
+        num_classes: int,
+        unimodal_heads: bool = True,
         unimodal_loss_weight: float = 0.0,
     ) -> None:
         super().__init__()
@@ -144,8 +147,9 @@ class MercModel(nn.Module):
             logits = {m: self.unimodal_classifiers[m](c if flows else c.detach()) for m, c in codes.items()}
             if self.training:
                 labels = batch.flat_labels
-                ce = torch.stack([F.cross_entropy(lg.float(), labels, ignore_index=IGNORE_INDEX)
-                                  for lg in logits.values()]).sum()
+                ce = torch.stack(
+                    [F.cross_entropy(lg.float(), labels, ignore_index=IGNORE_INDEX) for lg in logits.values()]
+                ).sum()
                 if (labels != IGNORE_INDEX).any():
                     if flows:
                         aux["unimodal_ce"] = self.unimodal_loss_weight * ce
@@ -184,8 +188,9 @@ class MercModel(nn.Module):
         cols = [batch.modalities.index(m) for m in self.modalities]
         availability = batch.availability.clone()
         availability[..., cols] = visible
-        return dataclasses.replace(batch, features=features, availability=availability,
-                                   complete=batch if visible is not available else None)
+        return dataclasses.replace(
+            batch, features=features, availability=availability, complete=batch if visible is not available else None
+        )
 
     # -- plug-in surface ---------------------------------------------------------------
     def modality_parameters(self) -> dict[str, list[nn.Parameter]]:
@@ -238,7 +243,9 @@ class MercModel(nn.Module):
         """Raise a clear error if the batch lacks a modality, has the wrong dims or too many parties."""
         for m in self.modalities:
             if m not in batch.features:
-                raise DataError(f"{self.model_name}: batch has no {m!r} features (model built for {''.join(self.modalities)})")
+                raise DataError(
+                    f"{self.model_name}: batch has no {m!r} features (model built for {''.join(self.modalities)})"
+                )
             d = batch.features[m].shape[-1]
             if d != self.in_dims[m]:
                 raise DataError(

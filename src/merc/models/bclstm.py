@@ -18,6 +18,7 @@ variant (dense layer over the concatenation).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -65,7 +66,7 @@ class BcLSTM(MercModel):
         hidden_size: int = 300,
         dense_size: int = 100,
         dropout: float = 0.3,
-        fusion: str = "hierarchical",
+        fusion: Literal["hierarchical", "concat"] = "hierarchical",
         bidirectional: bool = True,
         unimodal_loss_weight: float = 0.5,
         unimodal_heads: bool = True,
@@ -76,7 +77,10 @@ class BcLSTM(MercModel):
         width = 2 * hidden_size if bidirectional else hidden_size
         kind = "bilstm" if bidirectional else "lstm"
         self.add_encoders(
-            {m: build_encoder(kind, d, width, output_size=dense_size, activation="tanh") for m, d in self.in_dims.items()},
+            {
+                m: build_encoder(kind, d, width, output_size=dense_size, activation="tanh")
+                for m, d in self.in_dims.items()
+            },
             {m: dense_size for m in self.modalities},
         )
         fused_in = dense_size * len(self.modalities)

@@ -54,20 +54,23 @@ Speed (CPU; ``bench/bench_corect.py`` times it against the reference), same func
   (:mod:`merc.models.layers.graph_attention`) instead of PyG's per-edge gathers, and
   the RGCN for all relations at once (:mod:`merc.models.layers.relational_conv`)
   instead of PyG's round per relation; both from the PyG modules' own weights.
-- Dropout masks come from random bits (:mod:`merc.models.layers.dropout`): PyTorch's
-  CPU ``bernoulli_`` cost more than the text Transformer's feed-forward products.
-  Same distribution, another random stream than ``nn.Dropout``.
+- Dropout masks come from random bits (:mod:`merc.models.layers.dropout`) because
+  PyTorch's CPU ``bernoulli_`` is slow (``bench/bench_cpu_kernels.py``). Same
+  distribution, another random stream than ``nn.Dropout``.
 - Under ``training.precision=bf16-mixed`` on CPU the text Transformer (projections,
   feed-forward, attention) and the Graph Transformer (projections, attention) run in
   bfloat16 at bucketed shapes so that oneDNN reuses its compiled kernels; the RGCN,
   P-CM, BatchNorm and classifier stay float32 (:mod:`merc.models.layers.precision`).
   Accuracy against the reference and speed: ``bench/results/corect.json``.
+- Every fast path above sits behind one switch: ``MERC_FAST_KERNELS=0`` runs the plain
+  PyTorch / PyG modules instead (:mod:`merc.models.layers.fast`; tests check both agree).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -86,7 +89,7 @@ from merc.errors import ConfigError, DataError, resolve_choice
 from merc.models.base import MercModel
 from merc.models.layers.crossmodal import CrossModalTransformer
 from merc.models.layers.dropout import FastDropout
-from merc.models.layers.encoders import build_encoder, encoder_kinds
+from merc.models.layers.encoders import EncoderSpec, build_encoder, encoder_kinds
 from merc.models.layers.graph_attention import NodeBlocks, block_transformer_conv, supports_block_attention
 from merc.models.layers.precision import cpu_autocast_active, float32_region
 from merc.models.layers.relational_conv import relational_mean_conv, supports_fused_rgcn
@@ -126,7 +129,8 @@ class RTGCN(nn.Module):
     is PyG's ``TransformerConv``; given ``blocks`` (the dialogue and slot of every node)
     it is evaluated as masked dense attention per dialogue
     (:func:`merc.models.layers.graph_attention.block_transformer_conv`, the same
-    function, several times faster on CPU than PyG's per-edge gather/scatter).
+    function without PyG's per-edge gather/scatter; ``MERC_FAST_KERNELS=0`` runs PyG's own
+    forward, :mod:`merc.models.layers.fast`).
 
     Shapes:
         - x: ``[V, h]``; edge_index: ``[2, E]``; edge_type: ``[E]`` in ``0 .. num_relations - 1``
@@ -179,24 +183,40 @@ class PairwiseCrossModal(nn.Module):
     """
 
     def __init__(
-        self, modalities: tuple[str, ...], hidden: int, heads: int, layers: int,
-        memory_layers: int, memory_heads: int, dropout: float,
+        self,
+        modalities: tuple[str, ...],
+        hidden: int,
+        heads: int,
+        layers: int,
+        memory_layers: int,
+        memory_heads: int,
+        dropout: float,
     ) -> None:
         super().__init__()
         if len(modalities) < 2:
             raise ConfigError("P-CM needs at least two modalities")
         self.modalities = modalities
-        self.cross = nn.ModuleDict({
-            f"{s}2{t}": CrossModalTransformer(hidden, heads, layers, dropout=dropout)
-            for t in modalities for s in modalities if s != t
-        })
+        self.cross = nn.ModuleDict(
+            {
+                f"{s}2{t}": CrossModalTransformer(hidden, heads, layers, dropout=dropout)
+                for t in modalities
+                for s in modalities
+                if s != t
+            }
+        )
         width = hidden * (len(modalities) - 1)
         if memory_layers and width % memory_heads:
             raise ConfigError(f"P-CM memory width {width} is not divisible by {memory_heads} heads")
-        self.memory = nn.ModuleDict({
-            t: CrossModalTransformer(width, memory_heads, memory_layers, cross=False, dropout=dropout)
-            for t in modalities
-        }) if memory_layers else None
+        self.memory = (
+            nn.ModuleDict(
+                {
+                    t: CrossModalTransformer(width, memory_heads, memory_layers, cross=False, dropout=dropout)
+                    for t in modalities
+                }
+            )
+            if memory_layers
+            else None
+        )
         self.output_size = len(modalities) * width
 
     def forward(self, features: Mapping[str, Tensor], padding: Tensor) -> Tensor:
@@ -204,7 +224,8 @@ class PairwiseCrossModal(nn.Module):
         for t in self.modalities:
             parts = [
                 self.cross[f"{s}2{t}"](features[t], features[s], key_padding_mask=padding)
-                for s in self.modalities if s != t
+                for s in self.modalities
+                if s != t
             ]
             z = torch.cat(parts, dim=-1)
             if self.memory is not None:
@@ -279,17 +300,17 @@ class CORECT(MercModel):
         use_temporal_relations: bool = True,
         use_speaker_embedding: bool = True,
         speaker_ratio: float = 1.0,
-        speaker_ids: str = "global",
+        speaker_ids: Literal["global", "party"] = "global",
         past_window: int = 11,
         future_window: int = 9,
-        window_owner: str = "source",
+        window_owner: Literal["source", "target"] = "source",
         gnn_heads: int = 7,
         pcm_heads: int = 2,
         pcm_layers: int = 2,
         pcm_memory_layers: int = 3,
         pcm_memory_heads: int = 2,
         pcm_dropout: float = 0.0,
-        encoders: str | Mapping[str, str] | None = None,
+        encoders: EncoderSpec = None,
         transformer_layers: int = 2,
         transformer_heads: int = 0,
         transformer_ffn_size: int = 2048,
@@ -309,11 +330,21 @@ class CORECT(MercModel):
         self.speaker_ratio = speaker_ratio
 
         kinds = encoder_kinds(encoders, mods, CORECT_ENCODERS, "corect")
-        self.add_encoders({
-            m: build_encoder(kinds[m], d, h, num_layers=transformer_layers if kinds[m] == "transformer" else fc_layers,
-                             num_heads=transformer_heads, ffn_size=transformer_ffn_size, dropout=dropout)
-            for m, d in self.in_dims.items()
-        }, {m: h for m in mods})
+        self.add_encoders(
+            {
+                m: build_encoder(
+                    kinds[m],
+                    d,
+                    h,
+                    num_layers=transformer_layers if kinds[m] == "transformer" else fc_layers,
+                    num_heads=transformer_heads,
+                    ffn_size=transformer_ffn_size,
+                    dropout=dropout,
+                )
+                for m, d in self.in_dims.items()
+            },
+            {m: h for m in mods},
+        )
         n_ids = num_speakers if self.speaker_ids == "global" else num_parties
         self.speaker_embedding = nn.Embedding(max(n_ids, 1), h) if use_speaker_embedding else None
 
@@ -331,7 +362,8 @@ class CORECT(MercModel):
 
         self.pcm = (
             PairwiseCrossModal(mods, h, pcm_heads, pcm_layers, pcm_memory_layers, pcm_memory_heads, pcm_dropout)
-            if use_pcm and len(mods) > 1 else None
+            if use_pcm and len(mods) > 1
+            else None
         )
         fused = (len(mods) * gnn_heads * h if self.rtgcn is not None else 0) + (
             self.pcm.output_size if self.pcm is not None else 0
@@ -382,9 +414,12 @@ class CORECT(MercModel):
         parts = []
         if self.rtgcn is not None:
             graph = build_corect_graph(
-                batch.lengths.to(self.relation_lookup.device), self.modalities,
-                past=self.past_window, future=self.future_window,
-                use_temporal=self.use_temporal_relations, use_multimodal=self.use_multimodal_relations,
+                batch.lengths.to(self.relation_lookup.device),
+                self.modalities,
+                past=self.past_window,
+                future=self.future_window,
+                use_temporal=self.use_temporal_relations,
+                use_multimodal=self.use_multimodal_relations,
                 window_owner=self.window_owner,
             )
             # Dense per-dialogue layout of the nodes: dialogue b, slot k * T + position.
@@ -393,7 +428,8 @@ class CORECT(MercModel):
                 block=batch.utterance_dialogue.repeat(mods),
                 slot=(torch.arange(mods, device=batch.mask.device) * batch.max_len).repeat_interleave(n_utt)
                 + batch.utterance_position.repeat(mods),
-                num_blocks=batch.batch_size, size=mods * batch.max_len,
+                num_blocks=batch.batch_size,
+                size=mods * batch.max_len,
             )
             nodes = self.rtgcn(torch.cat(flat, dim=0), graph.edge_index, self.relation_lookup[graph.edge_type], blocks)
             # Node k * N + n is utterance n in modality k: regroup per utterance.

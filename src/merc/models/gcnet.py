@@ -39,7 +39,7 @@ prediction does not depend on its batch mates.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -161,7 +161,7 @@ class GCNet(MercModel):
         window_future: int = 2,
         dropout: float = 0.5,
         time_attention: bool = False,
-        reconstruction_loss: str = "mse",
+        reconstruction_loss: Literal["mse", "none"] = "mse",
         reconstruction_weight: float = 1.0,
         train_mask_rate: float = 0.0,
     ) -> None:
@@ -185,10 +185,12 @@ class GCNet(MercModel):
         input_dim = sum(self.in_dims.values())
         self.encoder = ContextualRNN(input_dim, hidden_size, num_layers=2, dropout=dropout)
         d_e2 = self.encoder.output_size
-        self.graphs = nn.ModuleDict({
-            "temporal": GraphNetwork(d_e2, graph_dim, 3, dropout, time_attention),
-            "speaker": GraphNetwork(d_e2, graph_dim, self.num_parties**2, dropout, time_attention),
-        })
+        self.graphs = nn.ModuleDict(
+            {
+                "temporal": GraphNetwork(d_e2, graph_dim, 3, dropout, time_attention),
+                "speaker": GraphNetwork(d_e2, graph_dim, self.num_parties**2, dropout, time_attention),
+            }
+        )
         d_h = d_e2 + graph_dim
         self.classifier = nn.Linear(d_h, num_classes)
         self.reconstruction = nn.Linear(d_h, input_dim)
@@ -205,8 +207,9 @@ class GCNet(MercModel):
         edge_index, temporal, speaker = window_edges(
             mask, batch.parties, self.window_past, self.window_future, self.num_parties
         )
-        hidden = (self.graphs["temporal"](nodes, edge_index, temporal, batch)
-                  + self.graphs["speaker"](nodes, edge_index, speaker, batch))
+        hidden = self.graphs["temporal"](nodes, edge_index, temporal, batch) + self.graphs["speaker"](
+            nodes, edge_index, speaker, batch
+        )
         flat_hidden = batch.flatten(hidden)
         aux: dict[str, Tensor] = {}
         if self.training and self.reconstruction_kind != "none" and self.reconstruction_weight > 0:
@@ -229,7 +232,7 @@ class GCNet(MercModel):
         start = 0
         for k, m in enumerate(self.modalities):
             d = self.in_dims[m]
-            err = (recon[:, start:start + d] - batch.flatten(batch.features[m])).pow(2).sum(-1) / d
+            err = (recon[:, start : start + d] - batch.flatten(batch.features[m])).pow(2).sum(-1) / d
             total = total + (err * entries[:, k].to(err.dtype)).sum()
             start += d
         return total / max(batch.num_utterances, 1)

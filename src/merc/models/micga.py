@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +69,7 @@ from merc.data.batching import Batch
 from merc.data.graphs import fully_connected_edges, normalized_dialogue_adjacency
 from merc.errors import ConfigError, resolve_choice
 from merc.models.base import MercModel
-from merc.models.layers.encoders import build_encoder, encoder_kinds
+from merc.models.layers.encoders import EncoderSpec, build_encoder, encoder_kinds
 from merc.models.output import ModelOutput
 from merc.models.registry import register_model
 
@@ -137,9 +137,7 @@ class CrossModalAttention(nn.Module):
         return torch.softmax(scores, dim=-1) @ self.v(key)
 
 
-def reconstruction_loss(
-    kind: str, recon: Tensor, target: Tensor, entries: Tensor, sparsity: float = 0.2
-) -> Tensor:
+def reconstruction_loss(kind: str, recon: Tensor, target: Tensor, entries: Tensor, sparsity: float = 0.2) -> Tensor:
     r"""Mi-CGA eq. 29 (``"mse"``) or eq. 30 (``"kl"``) over the selected entries.
 
     Args:
@@ -234,26 +232,43 @@ class MiCGA(MercModel):
         cma_dim: int = 64,
         classifier_hidden: int = 128,
         dropout: float = 0.3,
-        reconstruction_loss: str = "kl",
+        reconstruction_loss: Literal["kl", "mse", "none"] = "kl",
         sparsity: float = 0.2,
         reconstruction_weight: float = 1.0,
         train_mask_rate: float = 0.0,
-        encoders: str | Mapping[str, str] | None = None,
+        encoders: EncoderSpec = None,
         unimodal_heads: bool = True,
     ) -> None:
         super().__init__(in_dims, num_classes, unimodal_heads=unimodal_heads)
         from torch_geometric.nn import GATv2Conv  # deferred: importing PyG costs seconds
 
-        for name, value in (("smoothing_lambda", smoothing_lambda), ("speaker_ratio", speaker_ratio),
-                            ("train_mask_rate", train_mask_rate)):
+        for name, value in (
+            ("smoothing_lambda", smoothing_lambda),
+            ("speaker_ratio", speaker_ratio),
+            ("train_mask_rate", train_mask_rate),
+        ):
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"micga {name} must lie in [0, 1], got {value}")
         if not 0.0 < sparsity < 1.0:
             raise ConfigError(f"micga sparsity p must lie in (0, 1), got {sparsity}")
-        if min(num_parties, hidden_size, fe_hidden, fe_layers, gat_layers, gat_heads, gat_hidden, cma_dim,
-               classifier_hidden) < 1:
+        if (
+            min(
+                num_parties,
+                hidden_size,
+                fe_hidden,
+                fe_layers,
+                gat_layers,
+                gat_heads,
+                gat_hidden,
+                cma_dim,
+                classifier_hidden,
+            )
+            < 1
+        ):
             raise ConfigError("micga sizes (num_parties, hidden sizes, layers, heads) must be >= 1")
-        self.reconstruction_kind = resolve_choice("reconstruction loss", reconstruction_loss, list(RECONSTRUCTION_LOSSES))
+        self.reconstruction_kind = resolve_choice(
+            "reconstruction loss", reconstruction_loss, list(RECONSTRUCTION_LOSSES)
+        )
         self.num_parties = int(num_parties)
         self.max_parties = self.num_parties  # the one-hot has num_parties columns: more is an error, never clamped
         self.hidden_size = int(hidden_size)
@@ -268,8 +283,9 @@ class MiCGA(MercModel):
 
         h = self.hidden_size
         kinds = encoder_kinds(encoders, self.modalities, MICGA_ENCODERS, "micga")
-        self.add_encoders({m: build_encoder(kinds[m], d, h) for m, d in self.in_dims.items()},
-                          {m: h for m in self.modalities})
+        self.add_encoders(
+            {m: build_encoder(kinds[m], d, h) for m, d in self.in_dims.items()}, {m: h for m in self.modalities}
+        )
         width = len(self.modalities) * h
         d_bar = self.num_parties + width
 
@@ -318,10 +334,13 @@ class MiCGA(MercModel):
         given = batch.complete
         full_avail = self.model_availability(given)
         with torch.no_grad():
-            full = torch.stack([
-                self.encoders[m](given.features[m] * full_avail[..., k, None].to(given.features[m].dtype), given)
-                for k, m in enumerate(self.modalities)
-            ], dim=1)
+            full = torch.stack(
+                [
+                    self.encoders[m](given.features[m] * full_avail[..., k, None].to(given.features[m].dtype), given)
+                    for k, m in enumerate(self.modalities)
+                ],
+                dim=1,
+            )
         return torch.where(hidden[..., None], full, target)
 
     def _feature_estimation(self, x_spk: Tensor, mask: Tensor) -> Tensor:
@@ -380,5 +399,4 @@ class MiCGA(MercModel):
         return ModelOutput(logits=self.classifier(hidden), aux_losses=aux, embeddings=hidden)
 
 
-__all__ = ["MiCGA", "CrossModalAttention", "DenseGCNLayer",
-           "reconstruction_loss"]
+__all__ = ["MiCGA", "CrossModalAttention", "DenseGCNLayer", "reconstruction_loss"]

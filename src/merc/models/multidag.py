@@ -29,6 +29,7 @@ layer whatever the number of dialogues.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +40,7 @@ from merc.data.graphs import dag_adjacency
 from merc.errors import ConfigError
 from merc.models.base import MercModel
 from merc.models.layers.dag import DAGLayer, dag_schedule
-from merc.models.layers.encoders import RECURRENT_KINDS, build_encoder, encoder_kinds
+from merc.models.layers.encoders import RECURRENT_KINDS, EncoderSpec, build_encoder, encoder_kinds
 from merc.models.output import ModelOutput
 from merc.models.registry import register_model
 
@@ -87,10 +88,10 @@ class MultiDAG(MercModel):
         num_layers: int = 4,
         dropout: float = 0.4,
         speaker_window: int = 1,
-        encoders: str | Mapping[str, str] | None = None,
+        encoders: EncoderSpec = None,
         rnn_layers: int = 1,
         mlp_layers: int = 2,
-        attention: str = "linear",
+        attention: Literal["linear", "dot"] = "linear",
         unimodal_heads: bool = True,
     ) -> None:
         super().__init__(in_dims, num_classes, unimodal_heads=unimodal_heads)
@@ -104,8 +105,9 @@ class MultiDAG(MercModel):
         self.drop = nn.Dropout(dropout)
         kinds = encoder_kinds(encoders, self.modalities, MULTIDAG_ENCODERS, "multidag")
         built = {
-            m: build_encoder(kinds[m], d, hidden_size, num_layers=rnn_layers if kinds[m] in RECURRENT_KINDS else 1,
-                             dropout=dropout)
+            m: build_encoder(
+                kinds[m], d, hidden_size, num_layers=rnn_layers if kinds[m] in RECURRENT_KINDS else 1, dropout=dropout
+            )
             for m, d in self.in_dims.items()
         }
         self.add_encoders(built, {m: enc.output_size for m, enc in built.items()})

@@ -113,11 +113,27 @@ def robustness_from_run(
                 masked = standardize_features(masked, statistics=statistics)
             items = to_tensors(masked)["test"]
             for seed, trainer in trainers.items():
-                runs.append({"train_seed": seed, "mask_seed": mask_seed, "realized_rate": realized,
-                             **headline_metrics(trainer.evaluate(items))})
+                runs.append(
+                    {
+                        "train_seed": seed,
+                        "mask_seed": mask_seed,
+                        "realized_rate": realized,
+                        **headline_metrics(trainer.evaluate(items)),
+                    }
+                )
         entries.append(condition_entry(cond, runs, mods))
-    return model_report("train-complete", info["model_name"], str(run), raw.name, mods, imputation,
-                        info["seeds"], mask_seeds, skipped, entries)
+    return model_report(
+        "train-complete",
+        info["model_name"],
+        str(run),
+        raw.name,
+        mods,
+        imputation,
+        info["seeds"],
+        mask_seeds,
+        skipped,
+        entries,
+    )
 
 
 # -- retrain protocol ----------------------------------------------------------------------------
@@ -156,8 +172,11 @@ def robustness_by_retraining(
     out = Path(out_dir)
     name = dataset if isinstance(dataset, str) else dataset.name
     resolve_recipe(model, name, overrides, recipe_path)  # fail before any training on a bad recipe
-    raw = (load_dataset(dataset, modalities=mods, data_root=data_root, show_progress=show_progress)
-           if isinstance(dataset, str) else dataset.with_modalities(mods))
+    raw = (
+        load_dataset(dataset, modalities=mods, data_root=data_root, show_progress=show_progress)
+        if isinstance(dataset, str)
+        else dataset.with_modalities(mods)
+    )
     conditions, skipped = make_conditions(mods, rates, drops)
     entries = []
     for cond in conditions:
@@ -165,8 +184,15 @@ def robustness_by_retraining(
         for mask_seed in mask_seeds_for(cond, mask_seeds):
             masked = impute(mask_condition(raw, cond, mask_seed, "same-rate", out / MASK_DIR), imputation)
             result = run_experiment(
-                model, masked, "".join(mods), list(seeds), out / model / cond.slug / f"mask_{mask_seed}",
-                overrides=list(overrides), recipe_path=recipe_path, device=device, show_progress=show_progress,
+                model,
+                masked,
+                "".join(mods),
+                list(seeds),
+                out / model / cond.slug / f"mask_{mask_seed}",
+                overrides=list(overrides),
+                recipe_path=recipe_path,
+                device=device,
+                show_progress=show_progress,
             )
             realized = realized_missing_rate(masked, "test")
             for i, seed in enumerate(result["seeds"]):
@@ -198,30 +224,60 @@ def _drops(text: str) -> list[str]:
 
 def add_robustness_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Arguments of ``merc robustness`` (for :func:`robustness_main`)."""
-    parser.add_argument("runs", nargs="*", help="finished `merc train` run folders: reuse their weights and mask "
-                        "the test split (train-complete protocol)")
-    parser.add_argument("--model", default=None, help="comma-separated models to retrain on every split masked per "
-                        "condition (the papers' protocol); needs --dataset and --out")
+    parser.add_argument(
+        "runs",
+        nargs="*",
+        help="finished `merc train` run folders: reuse their weights and mask the test split (train-complete protocol)",
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="comma-separated models to retrain on every split masked per "
+        "condition (the papers' protocol); needs --dataset and --out",
+    )
     parser.add_argument("--dataset", default=None, help="dataset for --model")
     parser.add_argument("--modalities", default="tav", help="modalities for --model, e.g. tav")
     parser.add_argument("--seeds", type=_ints, default=[0], help="training seeds for --model, e.g. 0,1,2")
-    parser.add_argument("--mask-seeds", type=_ints, default=None,
-                        help="mask seeds per condition (default 0,1,2 for runs, 0 for --model)")
+    parser.add_argument(
+        "--mask-seeds",
+        type=_ints,
+        default=None,
+        help="mask seeds per condition (default 0,1,2 for runs, 0 for --model)",
+    )
     parser.add_argument("--rates", type=_floats, default=list(DEFAULT_RATES), help="missing rates, e.g. 0,0.1,0.3")
-    parser.add_argument("--drops", type=_drops, default=None,
-                        help="modalities to remove everywhere, e.g. a,v,av; 'none' for no drops "
-                             "(default t,a,v,ta,tv,av for runs, none for --model)")
-    parser.add_argument("--imputation", default="none", choices=list(IMPUTATION_METHODS),
-                        help="filling of missing raw features before z-scoring: none (merc default: the "
-                             "training mean after z-scoring), zero (ZeroImp), mean (MeanImp), neighbour")
-    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
-                        help="combine the reports of earlier sweeps (robustness.json files or their folders) "
-                             "into one table and plot in --out")
+    parser.add_argument(
+        "--drops",
+        type=_drops,
+        default=None,
+        help="modalities to remove everywhere, e.g. a,v,av; 'none' for no drops "
+        "(default t,a,v,ta,tv,av for runs, none for --model)",
+    )
+    parser.add_argument(
+        "--imputation",
+        default="none",
+        choices=list(IMPUTATION_METHODS),
+        help="filling of missing raw features before z-scoring: none (merc default: the "
+        "training mean after z-scoring), zero (ZeroImp), mean (MeanImp), neighbour",
+    )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="combine the reports of earlier sweeps (robustness.json files or their folders) "
+        "into one table and plot in --out",
+    )
     parser.add_argument("--metric", default="weighted_f1", choices=list(HEADLINE_METRICS))
     parser.add_argument("--out", default=None, help="report folder (default: the first run folder)")
     parser.add_argument("--config", default=None, help="recipe YAML for --model")
-    parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="recipe override for --model, repeatable, e.g. -o training.epochs=50")
+    parser.add_argument(
+        "-o",
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="recipe override for --model, repeatable, e.g. -o training.epochs=50",
+    )
     parser.add_argument("--device", default=None, help="cpu (default), cuda ...")
     parser.add_argument("--data-root", default=None, help="folder holding the real corpora")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -238,8 +294,10 @@ def robustness_main(args: argparse.Namespace) -> int:
     runs = list(getattr(args, "runs", []) or [])
     merge = list(getattr(args, "merge", None) or [])
     if sum(map(bool, (runs, args.model, merge))) != 1:
-        raise ConfigError("give one of: run folders (reuse trained weights), --model (retrain per condition) "
-                          "or --merge robustness.json files")
+        raise ConfigError(
+            "give one of: run folders (reuse trained weights), --model (retrain per condition) "
+            "or --merge robustness.json files"
+        )
     if merge:
         if not args.out:
             raise ConfigError("--merge needs --out (the folder for the combined table and plot)")
@@ -251,19 +309,41 @@ def robustness_main(args: argparse.Namespace) -> int:
             drops = DEFAULT_DROPS if args.drops is None else args.drops
             out = Path(args.out) if args.out else Path(runs[0])
             for run in runs:
-                reports.append(robustness_from_run(run, args.rates, drops, mask_seeds, args.imputation,
-                                                   mask_dir=out / MASK_DIR, data_root=args.data_root,
-                                                   device=args.device or "cpu"))
+                reports.append(
+                    robustness_from_run(
+                        run,
+                        args.rates,
+                        drops,
+                        mask_seeds,
+                        args.imputation,
+                        mask_dir=out / MASK_DIR,
+                        data_root=args.data_root,
+                        device=args.device or "cpu",
+                    )
+                )
         else:
             if not args.dataset or not args.out:
                 raise ConfigError("--model needs --dataset and --out (the folder for the retrained runs)")
             out = Path(args.out)
             for model in [m.strip() for m in args.model.split(",") if m.strip()]:
-                reports.append(robustness_by_retraining(
-                    model, args.dataset, args.modalities, out, args.rates, args.drops or [], args.seeds,
-                    args.mask_seeds or [0], args.imputation, args.override, args.config, args.data_root,
-                    args.device, show_progress=not args.quiet,
-                ))
+                reports.append(
+                    robustness_by_retraining(
+                        model,
+                        args.dataset,
+                        args.modalities,
+                        out,
+                        args.rates,
+                        args.drops or [],
+                        args.seeds,
+                        args.mask_seeds or [0],
+                        args.imputation,
+                        args.override,
+                        args.config,
+                        args.data_root,
+                        args.device,
+                        show_progress=not args.quiet,
+                    )
+                )
         paths = write_robustness_report(reports, out, args.metric)
     print(paths["markdown"].read_text(encoding="utf-8"))
     for kind, path in paths.items():

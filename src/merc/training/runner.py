@@ -28,7 +28,7 @@ from merc.data.transforms import standardize_features
 from merc.errors import ConfigError
 from merc.evaluation.aggregate import aggregate_seeds
 from merc.models.base import MercModel
-from merc.models.registry import build_model
+from merc.models.registry import build_model, check_model_arguments
 from merc.training.plugins.registry import build_plugins, fill_dataset_defaults
 from merc.training.trainer import BEST_WEIGHTS, TrainConfig, Trainer, seed_everything
 
@@ -54,8 +54,11 @@ def model_for(dataset: MercDataset, model_name: str, model_args: dict[str, Any])
 
 
 def prepare_dataset(
-    dataset: str | MercDataset, modalities: Sequence[str], recipe: dict[str, Any],
-    data_root: str | Path | None = None, show_progress: bool = True,
+    dataset: str | MercDataset,
+    modalities: Sequence[str],
+    recipe: dict[str, Any],
+    data_root: str | Path | None = None,
+    show_progress: bool = True,
 ) -> MercDataset:
     """Load (or narrow) the dataset and apply the recipe's data transforms.
 
@@ -64,7 +67,8 @@ def prepare_dataset(
     """
     data = (
         load_dataset(dataset, modalities=modalities, data_root=data_root, show_progress=show_progress)
-        if isinstance(dataset, str) else dataset.with_modalities(modalities)
+        if isinstance(dataset, str)
+        else dataset.with_modalities(modalities)
     )
     if standardizes(recipe):
         data = standardize_features(data)
@@ -84,7 +88,9 @@ def resolve_recipe(
     before any data loads."""
     recipe = apply_overrides(load_recipe(model, dataset, recipe_path), overrides)
     fill_dataset_defaults(recipe, dataset_recipe_defaults(dataset))
-    TrainConfig.from_dict(recipe.get("training", {}))  # fail early on a bad option
+    # Fail early on a bad option: types, ranges and choices of both sections.
+    TrainConfig.from_dict(recipe.get("training", {}))
+    recipe["model"] = check_model_arguments(model, recipe.get("model") or {})
     return recipe
 
 
@@ -109,16 +115,27 @@ def train_one_seed(
     model = model_for(dataset, model_name, dict(recipe.get("model", {})))
     plugins = build_plugins(recipe, dataset)
     trainer = Trainer(
-        model, tensors, dataset.modalities, dataset.num_classes, config, plugins=plugins,
-        run_dir=seed_dir, label_names=dataset.label_names, class_weights=class_weights(dataset),
+        model,
+        tensors,
+        dataset.modalities,
+        dataset.num_classes,
+        config,
+        plugins=plugins,
+        run_dir=seed_dir,
+        label_names=dataset.label_names,
+        class_weights=class_weights(dataset),
     )
     fit = trainer.fit()
     trainer.load_best()
     valid = trainer.evaluate(trainer.valid_items)
     test = trainer.test()
     result = {
-        "seed": seed, **fit, "valid": valid, "test": test,
-        "epoch_seconds": trainer.epoch_seconds, "num_parameters": sum(p.numel() for p in model.parameters()),
+        "seed": seed,
+        **fit,
+        "valid": valid,
+        "test": test,
+        "epoch_seconds": trainer.epoch_seconds,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
     }
     if seed_dir is not None:
         _write_json(trainer.history, seed_dir / "history.json")
@@ -136,8 +153,13 @@ def summarise(per_seed: list[dict[str, Any]], total_seconds: float) -> dict[str,
             "epoch_seconds_median": statistics.median(epoch_secs) if epoch_secs else None,
         },
         "per_seed": [
-            {"seed": r["seed"], "best_epoch": r["best_epoch"], "epochs_run": r["epochs_run"],
-             "test_weighted_f1": r["test"]["weighted_f1"], "valid_weighted_f1": r["valid"]["weighted_f1"]}
+            {
+                "seed": r["seed"],
+                "best_epoch": r["best_epoch"],
+                "epochs_run": r["epochs_run"],
+                "test_weighted_f1": r["test"]["weighted_f1"],
+                "valid_weighted_f1": r["valid"]["weighted_f1"],
+            }
             for r in per_seed
         ],
     }
@@ -181,12 +203,20 @@ def run_experiment(
         out.mkdir(parents=True, exist_ok=True)
         if (out / "config.yaml").is_file():
             previous = load_yaml(out / "config.yaml")
-            if previous.get("model") != recipe.get("model") or previous.get("data", {}).get("dataset_arg") != dataset_name:
+            if (
+                previous.get("model") != recipe.get("model")
+                or previous.get("data", {}).get("dataset_arg") != dataset_name
+            ):
                 raise ConfigError(f"{out} holds a run with another model or dataset; choose another --out")
     data = prepare_dataset(dataset, mods, recipe, data_root, show_progress)
     recipe.setdefault("data", {}).update(
-        {"dataset": data.name, "dataset_arg": dataset_name, "modalities": "".join(mods), "seeds": list(seeds),
-         "model_name": model}
+        {
+            "dataset": data.name,
+            "dataset_arg": dataset_name,
+            "modalities": "".join(mods),
+            "seeds": list(seeds),
+            "model_name": model,
+        }
     )
     if out is not None:
         save_yaml(recipe, out / "config.yaml")
@@ -200,8 +230,13 @@ def run_experiment(
             log.info("seed %d already finished; reusing %s", seed, seed_dir)
             continue
         per_seed.append(train_one_seed(data, tensors, model, recipe, seed, seed_dir, device, show_progress))
-    results = {"model": model, "dataset": data.name, "modalities": "".join(mods), "seeds": list(seeds),
-               **summarise(per_seed, time.perf_counter() - start)}
+    results = {
+        "model": model,
+        "dataset": data.name,
+        "modalities": "".join(mods),
+        "seeds": list(seeds),
+        **summarise(per_seed, time.perf_counter() - start),
+    }
     if out is not None:
         _write_json(results, out / "results.json")
     return results
@@ -215,12 +250,20 @@ def selected_trainers(run: Path, recipe: dict[str, Any], data: MercDataset, devi
     for seed in info["seeds"]:
         weights = run / f"seed_{seed}" / BEST_WEIGHTS
         if not weights.is_file():
-            raise ConfigError(f"{weights} missing: seed {seed} has not finished; rerun `merc train` with the same --out")
+            raise ConfigError(
+                f"{weights} missing: seed {seed} has not finished; rerun `merc train` with the same --out"
+            )
         model = model_for(data, info["model_name"], dict(recipe.get("model", {})))
         model.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
         empty: dict[str, list[ConversationTensors]] = {"train": [], "valid": [], "test": []}
-        trainers[seed] = Trainer(model, empty, data.modalities, data.num_classes,
-                                 TrainConfig(device=device, show_progress=False), label_names=data.label_names)
+        trainers[seed] = Trainer(
+            model,
+            empty,
+            data.modalities,
+            data.num_classes,
+            TrainConfig(device=device, show_progress=False),
+            label_names=data.label_names,
+        )
     return trainers
 
 
@@ -235,14 +278,20 @@ def evaluate_run(run_dir: str | Path, data_root: str | Path | None = None, devic
         raise ConfigError(f"{run} is not a merc run folder (no config.yaml); pass the --out of `merc train`")
     recipe = load_yaml(run / "config.yaml")
     info = recipe.get("data", {})
-    data = prepare_dataset(info.get("dataset_arg", info["dataset"]), parse_modalities(info["modalities"]), recipe,
-                           data_root, False)
+    data = prepare_dataset(
+        info.get("dataset_arg", info["dataset"]), parse_modalities(info["modalities"]), recipe, data_root, False
+    )
     tensors = to_tensors(data)
     per_seed: list[dict[str, Any]] = []
     for seed, trainer in selected_trainers(run, recipe, data, device).items():
-        per_seed.append({"seed": seed, "valid": trainer.evaluate(tensors["valid"]), "test": trainer.evaluate(tensors["test"])})
+        per_seed.append(
+            {"seed": seed, "valid": trainer.evaluate(tensors["valid"]), "test": trainer.evaluate(tensors["test"])}
+        )
     results = {
-        "model": info["model_name"], "dataset": data.name, "modalities": info["modalities"], "seeds": info["seeds"],
+        "model": info["model_name"],
+        "dataset": data.name,
+        "modalities": info["modalities"],
+        "seeds": info["seeds"],
         "test": aggregate_seeds([r["test"] for r in per_seed]),
         "valid": aggregate_seeds([r["valid"] for r in per_seed]),
     }

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from merc.data.batching import IGNORE_INDEX, Batch, ConversationTensors, iterate_batches
 from merc.errors import ConfigError, resolve_choice
 from merc.evaluation.metrics import HEADLINE_METRICS, classification_metrics
-from merc.models.base import MercModel
+from merc.models.base import BeforeFuseHook, MercModel
 from merc.models.output import ModelOutput
 from merc.training.plugins.base import TrainerPlugin
 
@@ -119,9 +119,10 @@ def _to_int(key: str, value: Any) -> int:
         raise ConfigError(f"training.{key}={value!r}: expected {_expected(key, 'an integer')}")
     if isinstance(number, numbers.Integral):
         return int(number)
-    if not (math.isfinite(number) and float(number).is_integer()):
+    as_float = float(number)
+    if not (math.isfinite(as_float) and as_float.is_integer()):
         raise ConfigError(f"training.{key}={value!r}: expected {_expected(key, 'an integer')}, not a fraction")
-    return int(number)
+    return int(as_float)
 
 
 def _to_float(key: str, value: Any) -> float:
@@ -208,8 +209,8 @@ class TrainConfig:
             float32 before the loss and metrics. Why: CPUs with ``avx512_bf16`` /
             AMX (and recent GPUs) multiply bfloat16 several times faster than
             float32, and CORECT's text-only
-            iemocap6 epoch is bound by its text Transformer's products (1.27 instead
-            of 2.11 s/epoch on one thread, ``bench/bench_corect.py``). Models may keep small parts
+            iemocap6 epoch is bound by its text Transformer's products (measured by
+            ``bench/bench_corect.py``, ``bench/results/corect.json``). Models may keep small parts
             in float32 (:mod:`merc.models.layers.precision`). Opt-in because the
             numerics change: bfloat16 keeps 8 bits of mantissa, so outputs differ
             from float32 runs at about 1e-2 relative and runs are not bitwise
@@ -345,7 +346,8 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.class_weights = (
             torch.as_tensor(class_weights, dtype=torch.float32, device=self.device)
-            if self.config.class_weighted_loss and class_weights is not None else None
+            if self.config.class_weighted_loss and class_weights is not None
+            else None
         )
         self.optimizer = self._make_optimizer()
         self.scheduler = self._make_scheduler()
@@ -372,7 +374,13 @@ class Trainer:
                         "with unimodal_heads=False; set model.unimodal_heads=true"
                     )
             if type(plugin).before_fuse is not TrainerPlugin.before_fuse:
-                self.model.register_before_fuse(lambda batch, codes, p=plugin: p.before_fuse(self, batch, codes))
+                self.model.register_before_fuse(self._before_fuse_hook(plugin))
+
+    def _before_fuse_hook(self, plugin: TrainerPlugin) -> BeforeFuseHook:
+        def hook(batch: Batch, codes: dict[str, Tensor]) -> dict[str, Tensor] | None:
+            return plugin.before_fuse(self, batch, codes)
+
+        return hook
 
     # -- set-up ----------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -385,8 +393,8 @@ class Trainer:
         c = self.config
         name = resolve_choice("optimizer", c.optimizer, ["adam", "adamw", "sgd"])
         params = [p for p in self.model.parameters() if p.requires_grad]
-        # Fused Adam: one kernel over all parameters instead of ~10 ops per tensor
-        # (4x faster steps on CPU, ~0.1 s of a CORECT iemocap6 epoch); the same update up
+        # Fused Adam: one kernel over all parameters instead of ~10 ops per tensor (its
+        # share of a CORECT epoch: bench/results/corect_ops.json); the same update up
         # to float rounding (about 1 ulp), not bitwise PyTorch's default loop.
         fused = self.device.type in ("cpu", "cuda")
         if name == "adam":
@@ -514,7 +522,9 @@ class Trainer:
         items = [self.train_items[i] for i in indices]
         total, count = 0.0, 0
         term_sums: dict[str, float] = {}
-        for batch in iterate_batches(items, self.modalities, self.config.batch_size, shuffle=True, generator=self.generator):
+        for batch in iterate_batches(
+            items, self.modalities, self.config.batch_size, shuffle=True, generator=self.generator
+        ):
             batch = batch.to(self.device)
             with self.autocast():
                 output = _float_logits(self.model(batch))
@@ -574,8 +584,14 @@ class Trainer:
         self.try_resume()
         for plugin in self.plugins:
             plugin.on_fit_start(self)
-        bar = tqdm(total=c.epochs, initial=self.epoch, desc=f"train seed {c.seed}", disable=not c.show_progress,
-                   leave=False, dynamic_ncols=True)
+        bar = tqdm(
+            total=c.epochs,
+            initial=self.epoch,
+            desc=f"train seed {c.seed}",
+            disable=not c.show_progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
         while self.epoch < c.epochs and not (c.patience and self.bad_epochs >= c.patience):
             start = time.perf_counter()
             train_loss = self.train_epoch()
@@ -594,19 +610,28 @@ class Trainer:
             for plugin in self.plugins:
                 plugin.on_epoch_end(self, self.epoch, valid)
             self.epoch_seconds.append(time.perf_counter() - start)
-            self.history.append({
-                "epoch": self.epoch, "train_loss": train_loss, "valid_loss": valid.get("loss"),
-                "train_loss_terms": dict(self.last_loss_terms),
-                "valid_weighted_f1": valid["weighted_f1"], "valid_accuracy": valid["accuracy"],
-                "lr": self.optimizer.param_groups[0]["lr"], "seconds": self.epoch_seconds[-1],
-            })
+            self.history.append(
+                {
+                    "epoch": self.epoch,
+                    "train_loss": train_loss,
+                    "valid_loss": valid.get("loss"),
+                    "train_loss_terms": dict(self.last_loss_terms),
+                    "valid_weighted_f1": valid["weighted_f1"],
+                    "valid_accuracy": valid["accuracy"],
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "seconds": self.epoch_seconds[-1],
+                }
+            )
             self.epoch += 1
             self.save_checkpoint()
             if improved and self.run_dir is not None:
                 _atomic_torch_save(self.best_state, self.run_dir / BEST_WEIGHTS)
             bar.update(1)
-            bar.set_postfix(loss=f"{train_loss:.3f}", valid_wf1=f"{valid['weighted_f1']:.2f}",
-                            best=f"{self.best_score:.2f}@{self.best_epoch}")
+            bar.set_postfix(
+                loss=f"{train_loss:.3f}",
+                valid_wf1=f"{valid['weighted_f1']:.2f}",
+                best=f"{self.best_score:.2f}@{self.best_epoch}",
+            )
         bar.close()
         if self.best_state is None:
             raise RuntimeError("no epoch was trained (training.epochs must be >= 1)")

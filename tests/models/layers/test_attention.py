@@ -94,7 +94,7 @@ def test_padding_rows_change_nothing_and_get_no_gradient(autocast: bool, square:
     torch.testing.assert_close(got[: len(index)], want, rtol=0, atol=0)
     grad = torch.autograd.grad(got[: len(index)].float().square().sum(), padded)[0]
     torch.testing.assert_close(grad[: len(index)], torch.autograd.grad(want.float().square().sum(), qkv)[0])
-    assert not grad[len(index):].any()
+    assert not grad[len(index) :].any()
 
 
 def test_fewer_rows_than_positions_is_an_error() -> None:

@@ -80,8 +80,14 @@ def test_schedule_sorts_longest_first_and_counts_running_dialogues() -> None:
     assert sched.windows == [0, 1, 1, 1, 1]
 
 
-def _reference_layer(layer: DAGLayer, h_prev: torch.Tensor, speakers: list[int], window: int,
-                     query_w: torch.Tensor, query_b: torch.Tensor) -> torch.Tensor:
+def _reference_layer(
+    layer: DAGLayer,
+    h_prev: torch.Tensor,
+    speakers: list[int],
+    window: int,
+    query_w: torch.Tensor,
+    query_b: torch.Tensor,
+) -> torch.Tensor:
     """One dialogue, one utterance at a time, eqs. 3-6 written out per predecessor.
 
     For ``linear`` attention the full eq. 3 score ``w_K.H_j + w_Q.H_i + b`` is used with an
@@ -100,8 +106,10 @@ def _reference_layer(layer: DAGLayer, h_prev: torch.Tensor, speakers: list[int],
                 assert layer.query is not None
                 scores = torch.stack([layer.query(x) @ layer.key(out[j]) for j in preds])
             a = F.softmax(scores, dim=0)
-            msg = sum(a[k] * (layer.w_same if speakers[j] == speakers[i] else layer.w_other)(out[j])
-                      for k, j in enumerate(preds))
+            msg = sum(
+                a[k] * (layer.w_same if speakers[j] == speakers[i] else layer.w_other)(out[j])
+                for k, j in enumerate(preds)
+            )
         else:
             msg = torch.zeros_like(x)
         node = layer.gru_node(x[None], msg[None])[0]

@@ -35,6 +35,7 @@ def _on(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
     def run(*args: object) -> Tensor:
         with use_fast_kernels(True):
             return fn(*args)
+
     return run
 
 
@@ -42,6 +43,7 @@ def _off(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
     def run(*args: object) -> Tensor:
         with use_fast_kernels(False):
             return fn(*args)
+
     return run
 
 
@@ -166,7 +168,7 @@ def _attention_case(square: bool, extra_rows: int = 0) -> tuple[Tensor, Tensor, 
 def test_attention_paths_agree(square: bool, extra_rows: int, autocast: bool) -> None:
     qkv, index, allowed = _attention_case(square, extra_rows)
     weights = torch.randn(qkv.shape[0], HEADS * HEAD_DIM)
-    weights[len(index):] = 0  # row padding: unspecified outputs, compared for shape only
+    weights[len(index) :] = 0  # row padding: unspecified outputs, compared for shape only
 
     def attend(inp: Tensor) -> Tensor:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
@@ -263,7 +265,8 @@ def _corect_graph(modalities: str) -> tuple[Tensor, Tensor, NodeBlocks]:
     blocks = NodeBlocks(
         block=index.dialogue.repeat(mods),
         slot=(torch.arange(mods) * steps).repeat_interleave(n) + index.position.repeat(mods),
-        num_blocks=len(lengths), size=mods * steps,
+        num_blocks=len(lengths),
+        size=mods * steps,
     )
     return graph.edge_index, graph.edge_type, blocks
 
@@ -285,8 +288,9 @@ def test_graph_attention_paths_agree(modalities: str) -> None:
     # Off, block_transformer_conv is PyG's forward itself, for any configuration.
     unsupported = TransformerConv(8, 5, heads=3, concat=False)
     with use_fast_kernels(False):
-        torch.testing.assert_close(block_transformer_conv(unsupported, x, edge_index, blocks),
-                                   unsupported(x, edge_index), rtol=0, atol=0)
+        torch.testing.assert_close(
+            block_transformer_conv(unsupported, x, edge_index, blocks), unsupported(x, edge_index), rtol=0, atol=0
+        )
 
 
 @pytest.mark.parametrize("modalities", ["t", "tav"])
@@ -306,8 +310,12 @@ def test_rgcn_paths_agree(modalities: str) -> None:
     # Off, relational_mean_conv is PyG's forward itself, for any configuration.
     unsupported = RGCNConv(8, 5, num_relations=15, num_bases=2)
     with use_fast_kernels(False):
-        torch.testing.assert_close(relational_mean_conv(unsupported, x, edge_index, edge_type),
-                                   unsupported(x, edge_index, edge_type), rtol=0, atol=0)
+        torch.testing.assert_close(
+            relational_mean_conv(unsupported, x, edge_index, edge_type),
+            unsupported(x, edge_index, edge_type),
+            rtol=0,
+            atol=0,
+        )
 
 
 # --- packed Transformer layer ----------------------------------------------------------
@@ -331,7 +339,9 @@ LAYER_CASES = [{}, {"norm_first": True}, {"activation": "gelu"}, {"batch_first":
 )
 def test_packed_transformer_paths_agree(kwargs: dict[str, object], train: bool) -> None:
     torch.manual_seed(0)
-    layer = PackedTransformerEncoderLayer(16, 4, **{"dim_feedforward": 32, "batch_first": True, "dropout": 0.0, **kwargs})
+    layer = PackedTransformerEncoderLayer(
+        16, 4, **{"dim_feedforward": 32, "batch_first": True, "dropout": 0.0, **kwargs}
+    )
     layer.train(train)
     x, flat_index, padding = _packed_case()
 

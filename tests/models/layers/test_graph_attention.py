@@ -37,8 +37,10 @@ def _check(modalities: str, **graph_kwargs: object) -> None:
     blocks = _blocks(LENGTHS, len(modalities))
     x = torch.randn(blocks.block.numel(), 8)
     assert_same_function(
-        conv, lambda inp: conv(inp, graph.edge_index),
-        lambda inp: block_transformer_conv(conv, inp, graph.edge_index, blocks), x,
+        conv,
+        lambda inp: conv(inp, graph.edge_index),
+        lambda inp: block_transformer_conv(conv, inp, graph.edge_index, blocks),
+        x,
     )
 
 
@@ -71,5 +73,9 @@ def test_unsupported_configurations_are_detected() -> None:
     with_dropout = TransformerConv(4, 4, heads=2, dropout=0.1)
     assert not supports_block_attention(with_dropout.train()) and supports_block_attention(with_dropout.eval())
     with pytest.raises(ValueError, match="no block-attention"):
-        block_transformer_conv(TransformerConv(4, 4, concat=False), torch.randn(2, 4), torch.zeros(2, 0, dtype=torch.long),
-                               NodeBlocks(torch.zeros(2, dtype=torch.long), torch.arange(2), 1, 2))
+        block_transformer_conv(
+            TransformerConv(4, 4, concat=False),
+            torch.randn(2, 4),
+            torch.zeros(2, 0, dtype=torch.long),
+            NodeBlocks(torch.zeros(2, dtype=torch.long), torch.arange(2), 1, 2),
+        )

@@ -15,8 +15,11 @@ LENGTHS = torch.tensor([6, 1, 9, 4])
 
 def _check(conv: RGCNConv, x: torch.Tensor, edge_index: torch.Tensor, edge_type: torch.Tensor) -> None:
     assert_same_function(
-        conv, lambda inp: conv(inp, edge_index, edge_type),
-        lambda inp: relational_mean_conv(conv, inp, edge_index, edge_type), x, rtol=1e-6,
+        conv,
+        lambda inp: conv(inp, edge_index, edge_type),
+        lambda inp: relational_mean_conv(conv, inp, edge_index, edge_type),
+        x,
+        rtol=1e-6,
     )
 
 
@@ -55,7 +58,9 @@ def test_unsupported_configurations_are_refused() -> None:
     assert not supports_fused_rgcn(RGCNConv(4, 4, 2, num_bases=1), x)
     assert not supports_fused_rgcn(RGCNConv(4, 4, 2, aggr="sum"), x)
     with pytest.raises(ValueError, match="no fused equivalent"):
-        relational_mean_conv(RGCNConv(4, 4, 2, num_blocks=2), x, torch.zeros(2, 1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+        relational_mean_conv(
+            RGCNConv(4, 4, 2, num_blocks=2), x, torch.zeros(2, 1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
+        )
 
 
 @pytest.mark.parametrize("bad_type", [-1, 2])

@@ -85,7 +85,9 @@ def test_training_output_ignores_padding_and_batch_mates() -> None:
     out2 = ours.forward_packed(_real(x2, padding), index, padding)
     first = slice(0, LENGTHS[0])
     torch.testing.assert_close(out2[first], out[first])
-    assert not torch.allclose(out2[LENGTHS[0] + 1 : LENGTHS[0] + 1 + LENGTHS[2]], out[LENGTHS[0] + 1 : LENGTHS[0] + 1 + LENGTHS[2]])
+    assert not torch.allclose(
+        out2[LENGTHS[0] + 1 : LENGTHS[0] + 1 + LENGTHS[2]], out[LENGTHS[0] + 1 : LENGTHS[0] + 1 + LENGTHS[2]]
+    )
 
 
 def test_dropout_is_active_in_training_and_reproducible() -> None:

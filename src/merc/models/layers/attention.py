@@ -76,7 +76,11 @@ def gather_heads(out: Tensor, index: Tensor) -> Tensor:
 
 
 def block_attention(
-    qkv: Tensor, index: Tensor, allowed: Tensor, num_heads: int, dropout_p: float = 0.0,
+    qkv: Tensor,
+    index: Tensor,
+    allowed: Tensor,
+    num_heads: int,
+    dropout_p: float = 0.0,
 ) -> Tensor:
     """Multi-head scaled dot-product attention of packed rows within blocks.
 
@@ -110,7 +114,11 @@ def block_attention(
 
 
 def _sdpa_attention(
-    qkv: Tensor, index: Tensor, allowed: Tensor, num_heads: int, dropout_p: float,
+    qkv: Tensor,
+    index: Tensor,
+    allowed: Tensor,
+    num_heads: int,
+    dropout_p: float,
 ) -> tuple[Tensor, Tensor]:
     """The plain path: PyTorch's ``scaled_dot_product_attention``; ``([B, H, S, dh] outputs, index)``."""
     batch, _, size = allowed.shape
@@ -119,7 +127,11 @@ def _sdpa_attention(
 
 
 def _explicit_attention(
-    qkv: Tensor, index: Tensor, allowed: Tensor, num_heads: int, dropout_p: float,
+    qkv: Tensor,
+    index: Tensor,
+    allowed: Tensor,
+    num_heads: int,
+    dropout_p: float,
 ) -> tuple[Tensor, Tensor]:
     """The fast path: explicit batched products and softmax, bfloat16 at bucketed sizes under CPU
     autocast; ``([B, H, S', dh] outputs, the rows' positions in that grid)``."""

@@ -151,7 +151,8 @@ class CrossModalTransformer(nn.Module):
         self.target_scale = math.sqrt(dim) if scale_inputs else 1.0
         self.source_scale = math.sqrt(source_dim) if scale_inputs else 1.0
         self.layers = nn.ModuleList(
-            CrossModalLayer(dim, num_heads, source_dim, cross, ffn_dim, dropout, attn_dropout) for _ in range(num_layers)
+            CrossModalLayer(dim, num_heads, source_dim, cross, ffn_dim, dropout, attn_dropout)
+            for _ in range(num_layers)
         )
         self.norm = nn.LayerNorm(dim)
 

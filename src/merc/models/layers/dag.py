@@ -139,7 +139,11 @@ class DAGLayer(nn.Module):
         return self.query(h_prev) @ self.key.weight
 
     def forward(
-        self, h_prev: Tensor, adj: Tensor, same_speaker: Tensor, lengths: Tensor,
+        self,
+        h_prev: Tensor,
+        adj: Tensor,
+        same_speaker: Tensor,
+        lengths: Tensor,
         schedule: DAGSchedule | None = None,
     ) -> Tensor:
         b, t, d = h_prev.shape
@@ -173,8 +177,8 @@ class DAGLayer(nn.Module):
             else:
                 # Rows are sorted by length, so the n running dialogues are rows :n of every
                 # earlier state too (an earlier position has at least as many running).
-                ctx = torch.stack([s[:n] for s in states[i - w:i]], dim=1)  # [n, w, D]
-                message = self.aggregate(ctx, us[i][:n], adj[:n, i, i - w:i], same_speaker[:n, i, i - w:i], w_rel)
+                ctx = torch.stack([s[:n] for s in states[i - w : i]], dim=1)  # [n, w, D]
+                message = self.aggregate(ctx, us[i][:n], adj[:n, i, i - w : i], same_speaker[:n, i, i - w : i], w_rel)
             states.append(self.step(xs[i][:n], message, gis[i][:n], ghs[i][:n], w_msg, b_msg))
         if not states:
             return h_prev.new_zeros(b, 0, d)

@@ -124,7 +124,8 @@ class _ScaledReluMask(torch.autograd.Function):
 
     @staticmethod
     def backward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx, grad: Tensor,
+        ctx: torch.autograd.function.FunctionCtx,
+        grad: Tensor,
     ) -> tuple[Tensor, None, None]:
         (y,) = ctx.saved_tensors  # type: ignore[attr-defined]
         grad_x = torch.ops.aten.threshold_backward(grad, y, 0).mul_(ctx.scale)  # type: ignore[attr-defined]

@@ -27,7 +27,9 @@ utterance in :attr:`merc.data.batching.Batch.flat_index` order.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable, Mapping, Sequence
+from typing import Literal, Union
 
 import torch
 from torch import Tensor, nn
@@ -38,13 +40,19 @@ from merc.models.layers.precision import linear, pad_rows
 from merc.models.layers.recurrent import ContextualRNN
 from merc.models.layers.transformer import PackedTransformerEncoderLayer
 
+#: An encoder kind, as a constructor annotation (recipes are checked against it).
+EncoderKind = Literal["linear", "fc", "lstm", "bilstm", "gru", "bigru", "transformer"]
+#: What a model's ``encoders`` argument takes: one kind, a kind per modality, or ``None`` (the paper's).
+EncoderSpec = Union[EncoderKind, Mapping[str, EncoderKind], None]  # noqa: UP007 (a runtime alias)
 #: Encoder kinds :func:`build_encoder` knows.
-ENCODER_KINDS: tuple[str, ...] = ("linear", "fc", "lstm", "bilstm", "gru", "bigru", "transformer")
+ENCODER_KINDS: tuple[str, ...] = typing.get_args(EncoderKind)
 #: The kinds that read a dialogue's utterances in order.
 RECURRENT_KINDS: tuple[str, ...] = ("lstm", "bilstm", "gru", "bigru")
 #: Activations that may close an encoder.
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
-    "none": lambda x: x, "relu": torch.relu, "tanh": torch.tanh,
+    "none": lambda x: x,
+    "relu": torch.relu,
+    "tanh": torch.tanh,
 }
 
 
@@ -87,8 +95,9 @@ class UtteranceEncoder(ModalityEncoder):
         - x ``[B, T, d]`` -> ``[N, h]`` (only real utterances are computed)
     """
 
-    def __init__(self, in_dim: int, hidden: int, num_layers: int, relu: bool,
-                 output_size: int | None, activation: str) -> None:
+    def __init__(
+        self, in_dim: int, hidden: int, num_layers: int, relu: bool, output_size: int | None, activation: str
+    ) -> None:
         super().__init__(hidden, output_size, activation)
         layers: list[nn.Module] = []
         width = in_dim
@@ -110,14 +119,26 @@ class RecurrentEncoder(ModalityEncoder):
         - x ``[B, T, d]`` -> ``[N, h]``
     """
 
-    def __init__(self, in_dim: int, hidden: int, cell: str, bidirectional: bool, num_layers: int,
-                 dropout: float, output_size: int | None, activation: str) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        hidden: int,
+        cell: str,
+        bidirectional: bool,
+        num_layers: int,
+        dropout: float,
+        output_size: int | None,
+        activation: str,
+    ) -> None:
         if bidirectional and hidden % 2:
-            raise ConfigError(f"a bidirectional {cell} encoder needs an even width (h // 2 per direction), got {hidden}")
+            raise ConfigError(
+                f"a bidirectional {cell} encoder needs an even width (h // 2 per direction), got {hidden}"
+            )
         per_direction = hidden // 2 if bidirectional else hidden
         super().__init__(hidden, output_size, activation)
-        self.rnn = ContextualRNN(in_dim, per_direction, num_layers=num_layers, cell=cell,
-                                 bidirectional=bidirectional, dropout=dropout)
+        self.rnn = ContextualRNN(
+            in_dim, per_direction, num_layers=num_layers, cell=cell, bidirectional=bidirectional, dropout=dropout
+        )
 
     def encode_core(self, x: Tensor, batch: Batch) -> Tensor:
         return batch.flatten(self.rnn(x, batch.lengths))
@@ -143,15 +164,26 @@ class TransformerEncoder(ModalityEncoder):
         - x ``[B, T, d]`` -> ``[N, h]``
     """
 
-    def __init__(self, in_dim: int, hidden: int, num_layers: int, num_heads: int, ffn_size: int, dropout: float,
-                 output_size: int | None, activation: str) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        hidden: int,
+        num_layers: int,
+        num_heads: int,
+        ffn_size: int,
+        dropout: float,
+        output_size: int | None,
+        activation: str,
+    ) -> None:
         super().__init__(hidden, output_size, activation)
         heads = num_heads or auto_heads(in_dim)
         if in_dim % heads:
             raise ConfigError(f"transformer encoder: feature dim {in_dim} is not divisible by {heads} heads")
         if num_layers < 1:
             raise ConfigError(f"transformer encoder needs num_layers >= 1, got {num_layers}")
-        layer = PackedTransformerEncoderLayer(in_dim, heads, dim_feedforward=ffn_size, dropout=dropout, batch_first=True)
+        layer = PackedTransformerEncoderLayer(
+            in_dim, heads, dim_feedforward=ffn_size, dropout=dropout, batch_first=True
+        )
         # nn.TransformerEncoder only holds the layers (its cloning gives every layer the
         # same initial weights, as in PyTorch and CORECT's reference); they run packed.
         self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
@@ -203,19 +235,25 @@ def build_encoder(
     """
     name = resolve_choice("modality encoder", kind, ENCODER_KINDS)
     if in_dim < 1 or hidden_size < 1 or (output_size is not None and output_size < 1):
-        raise ConfigError(f"{name} encoder sizes must be >= 1, got in {in_dim}, hidden {hidden_size}, out {output_size}")
+        raise ConfigError(
+            f"{name} encoder sizes must be >= 1, got in {in_dim}, hidden {hidden_size}, out {output_size}"
+        )
     if name in ("linear", "fc"):
         if name == "fc" and num_layers < 1:
             raise ConfigError(f"fc encoder needs num_layers >= 1, got {num_layers}")
-        return UtteranceEncoder(in_dim, hidden_size, 1 if name == "linear" else num_layers, name == "fc",
-                                output_size, activation)
+        return UtteranceEncoder(
+            in_dim, hidden_size, 1 if name == "linear" else num_layers, name == "fc", output_size, activation
+        )
     if name == "transformer":
-        return TransformerEncoder(in_dim, hidden_size, num_layers, num_heads, ffn_size, dropout, output_size, activation)
+        return TransformerEncoder(
+            in_dim, hidden_size, num_layers, num_heads, ffn_size, dropout, output_size, activation
+        )
     cell = "gru" if "gru" in name else "lstm"
     if num_layers < 1:
         raise ConfigError(f"{name} encoder needs num_layers >= 1, got {num_layers}")
-    return RecurrentEncoder(in_dim, hidden_size, cell, name.startswith("bi"), num_layers, dropout, output_size,
-                            activation)
+    return RecurrentEncoder(
+        in_dim, hidden_size, cell, name.startswith("bi"), num_layers, dropout, output_size, activation
+    )
 
 
 def encoder_kinds(
@@ -247,8 +285,20 @@ def encoder_kinds(
         raise ConfigError(f"{model} encoders must be a kind or a mapping modality -> kind, got {spec!r}")
     missing = [m for m in modalities if m not in chosen]
     if missing:
-        raise ConfigError(f"{model} has no encoder kind for modality {missing}; choose one of: {', '.join(ENCODER_KINDS)}")
+        raise ConfigError(
+            f"{model} has no encoder kind for modality {missing}; choose one of: {', '.join(ENCODER_KINDS)}"
+        )
     return {m: resolve_choice(f"{model} encoder for {m!r}", chosen[m], ENCODER_KINDS) for m in modalities}
 
 
-__all__ = ["ACTIVATIONS", "ENCODER_KINDS", "RECURRENT_KINDS", "ModalityEncoder", "auto_heads", "build_encoder", "encoder_kinds"]
+__all__ = [
+    "ACTIVATIONS",
+    "ENCODER_KINDS",
+    "EncoderKind",
+    "EncoderSpec",
+    "RECURRENT_KINDS",
+    "ModalityEncoder",
+    "auto_heads",
+    "build_encoder",
+    "encoder_kinds",
+]

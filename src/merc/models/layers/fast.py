@@ -108,7 +108,10 @@ class use_fast_kernels:  # lower case: called like a function, as torch.set_grad
         return None
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         global _enabled
         _enabled = self.previous

@@ -69,7 +69,10 @@ def _block_equivalent(conv: TransformerConv) -> bool:
     """Whether block attention reproduces ``conv``: concatenated heads, root weight without
     beta gating, no edge features, no attention dropout in training."""
     return (
-        bool(conv.concat) and bool(conv.root_weight) and conv.lin_beta is None and conv.lin_edge is None
+        bool(conv.concat)
+        and bool(conv.root_weight)
+        and conv.lin_beta is None
+        and conv.lin_edge is None
         and (conv.dropout == 0.0 or not conv.training)
     )
 
@@ -90,7 +93,11 @@ def block_adjacency(edge_index: Tensor, blocks: NodeBlocks) -> Tensor:
 
 
 def block_transformer_conv(
-    conv: TransformerConv, x: Tensor, edge_index: Tensor, blocks: NodeBlocks, adjacency: Tensor | None = None,
+    conv: TransformerConv,
+    x: Tensor,
+    edge_index: Tensor,
+    blocks: NodeBlocks,
+    adjacency: Tensor | None = None,
 ) -> Tensor:
     """``conv(x, edge_index)`` as masked dense attention inside blocks (see the module docstring);
     with the fast kernels off, ``conv(x, edge_index)`` itself.

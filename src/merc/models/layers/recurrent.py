@@ -46,8 +46,12 @@ class ContextualRNN(nn.Module):
         super().__init__()
         rnn_cls = _RNNS[resolve_choice("recurrent cell", cell, list(_RNNS))]
         self.rnn: nn.Module = rnn_cls(
-            input_size, hidden_size, num_layers=num_layers, batch_first=True,
-            bidirectional=bidirectional, dropout=dropout if num_layers > 1 else 0.0,
+            input_size,
+            hidden_size,
+            num_layers=num_layers,
+            batch_first=True,
+            bidirectional=bidirectional,
+            dropout=dropout if num_layers > 1 else 0.0,
         )
         self.output_size = hidden_size * (2 if bidirectional else 1)
 

@@ -43,8 +43,11 @@ def _fused_equivalent(conv: RGCNConv, x: Tensor) -> bool:
     """Whether the fused form reproduces ``conv(x, ...)``: no basis or block decomposition,
     mean aggregation, floating-point node features (not node indices)."""
     return (
-        conv.num_bases is None and conv.num_blocks is None and conv.aggr == "mean"
-        and isinstance(x, Tensor) and x.is_floating_point()
+        conv.num_bases is None
+        and conv.num_blocks is None
+        and conv.aggr == "mean"
+        and isinstance(x, Tensor)
+        and x.is_floating_point()
     )
 
 

@@ -40,7 +40,11 @@ from merc.models.layers.precision import linear
 
 
 def packed_self_attention(
-    qkv: Tensor, flat_index: Tensor, padding: Tensor, num_heads: int, dropout_p: float = 0.0,
+    qkv: Tensor,
+    flat_index: Tensor,
+    padding: Tensor,
+    num_heads: int,
+    dropout_p: float = 0.0,
 ) -> Tensor:
     """Multi-head scaled dot-product self-attention of packed sequences.
 

@@ -17,6 +17,11 @@ from merc.training.plugins.registry import (
 )
 
 __all__ = [
-    "PluginOption", "PluginSpec", "TrainerPlugin", "build_plugins", "plugin_sections", "plugin_specs",
+    "PluginOption",
+    "PluginSpec",
+    "TrainerPlugin",
+    "build_plugins",
+    "plugin_sections",
+    "plugin_specs",
     "register_plugin",
 ]

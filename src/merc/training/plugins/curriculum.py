@@ -131,8 +131,12 @@ class EmotionShiftCurriculum(TrainerPlugin):
         self.requested_buckets = int(buckets)
         self.buckets = difficulty_buckets(self.difficulties, self.requested_buckets)
         if len(self.buckets) < self.requested_buckets:
-            log.warning("curriculum: %d buckets asked for but only %d training dialogues; using %d buckets",
-                        self.requested_buckets, len(self.difficulties), len(self.buckets))
+            log.warning(
+                "curriculum: %d buckets asked for but only %d training dialogues; using %d buckets",
+                self.requested_buckets,
+                len(self.difficulties),
+                len(self.buckets),
+            )
         self.last_epoch = -1
 
     @property
@@ -158,8 +162,14 @@ class EmotionShiftCurriculum(TrainerPlugin):
         allowed = set(self.dialogues_for_epoch(epoch))
         chosen = [i for i in indices if i in allowed]
         self.last_epoch = epoch
-        log.info("curriculum epoch %d: buckets 1-%d of %d, %d of %d dialogues",
-                 epoch, self.active_buckets(epoch), self.num_buckets, len(chosen), len(self.difficulties))
+        log.info(
+            "curriculum epoch %d: buckets 1-%d of %d, %d of %d dialogues",
+            epoch,
+            self.active_buckets(epoch),
+            self.num_buckets,
+            len(chosen),
+            len(self.difficulties),
+        )
         return chosen
 
     def state_dict(self) -> dict[str, Any]:
@@ -180,9 +190,17 @@ class EmotionShiftCurriculum(TrainerPlugin):
 @register_plugin(
     "curriculum",
     help="curriculum plug-in (MultiDAG+CL): emotion-shift difficulty, baby-step buckets",
-    switch="curriculum", switch_key="strategy", choices=STRATEGIES,
-    options=(PluginOption("buckets", "buckets", int,
-                          "curriculum buckets (default: the dataset's, 5 for IEMOCAP, 12 for MELD: MultiDAG+CL Table 4)"),),
+    switch="curriculum",
+    switch_key="strategy",
+    choices=STRATEGIES,
+    options=(
+        PluginOption(
+            "buckets",
+            "buckets",
+            int,
+            "curriculum buckets (default: the dataset's, 5 for IEMOCAP, 12 for MELD: MultiDAG+CL Table 4)",
+        ),
+    ),
 )
 def build_curriculum(section: dict[str, Any], dataset: MercDataset) -> EmotionShiftCurriculum | None:
     """Build the curriculum from a recipe's ``curriculum:`` section (``None`` when off).

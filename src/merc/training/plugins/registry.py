@@ -76,8 +76,14 @@ _PLUGINS: dict[str, PluginSpec] = {}
 
 
 def register_plugin(
-    section: str, *, help: str, switch: str | None = None, switch_key: str = "strategy",
-    choices: tuple[str, ...] = (), options: tuple[PluginOption, ...] = (), group: str | None = None,
+    section: str,
+    *,
+    help: str,
+    switch: str | None = None,
+    switch_key: str = "strategy",
+    choices: tuple[str, ...] = (),
+    options: tuple[PluginOption, ...] = (),
+    group: str | None = None,
 ) -> Callable[[PluginBuilder], PluginBuilder]:
     """Register a builder for a recipe section (arguments: :class:`PluginSpec`)."""
 
@@ -143,9 +149,10 @@ def switch_overrides(values: Mapping[str, Any]) -> list[str]:
                 raise ConfigError(f"--{group} {chosen}: choose one of {', '.join(m.section for m in members)}")
             out.append(f"{chosen}.enabled=true")
     for spec in plugin_specs():
-        on = spec.switch is not None and values.get(spec.switch) is not None
+        switch_value = values.get(spec.switch) if spec.switch is not None else None
+        on = switch_value is not None
         if on:
-            out.append(f"{spec.section}.{spec.switch_key}={values[spec.switch]}")
+            out.append(f"{spec.section}.{spec.switch_key}={switch_value}")
         for opt in spec.options:
             if values.get(opt.flag) is None:
                 continue
@@ -185,6 +192,15 @@ def build_plugins(recipe: Mapping[str, Any], dataset: MercDataset) -> list[Train
 
 
 __all__ = [
-    "PluginBuilder", "PluginOption", "PluginSpec", "build_plugins", "fill_dataset_defaults", "plugin_groups",
-    "plugin_sections", "plugin_specs", "register_plugin", "switch_overrides", "unregister_plugin",
+    "PluginBuilder",
+    "PluginOption",
+    "PluginSpec",
+    "build_plugins",
+    "fill_dataset_defaults",
+    "plugin_groups",
+    "plugin_sections",
+    "plugin_specs",
+    "register_plugin",
+    "switch_overrides",
+    "unregister_plugin",
 ]
