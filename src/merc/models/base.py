@@ -86,6 +86,9 @@ class MercModel(nn.Module):
         self.train_mask_rate = 0.0
         #: Most parties per dialogue the model can represent (``None``: any number).
         self.max_parties: int | None = None
+        #: The model's ``fuse`` returns its own ``unimodal_logits`` (late fusion: the fused
+        #: logits are their sum); then no base-class heads are needed.
+        self.fills_unimodal_logits = False
         self.encoders = nn.ModuleDict()
         self.unimodal_classifiers = nn.ModuleDict()
         self.code_dims: dict[str, int] = {}
@@ -193,6 +196,11 @@ class MercModel(nn.Module):
         )
 
     # -- plug-in surface ---------------------------------------------------------------
+    @property
+    def has_unimodal_logits(self) -> bool:
+        """Whether every output carries ``unimodal_logits`` (own late-fusion logits or the base heads)."""
+        return not self.fuses_early and (self.fills_unimodal_logits or self.use_unimodal_heads)
+
     def modality_parameters(self) -> dict[str, list[nn.Parameter]]:
         """Disjoint parameter groups per modality (its encoder and unimodal head).
 

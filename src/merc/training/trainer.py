@@ -368,7 +368,7 @@ class Trainer:
         for plugin in self.plugins:
             if plugin.needs_per_modality:
                 self.model.require_per_modality(f"per-modality parts, which the {plugin.name} plug-in needs")
-                if not self.model.use_unimodal_heads:
+                if not self.model.has_unimodal_logits:
                     raise ConfigError(
                         f"the {plugin.name} plug-in needs unimodal logits but {self.model.model_name} was built "
                         "with unimodal_heads=False; set model.unimodal_heads=true"
