@@ -211,3 +211,22 @@ def test_before_fuse_hook_changes_what_is_fused_not_the_codes() -> None:
     assert not torch.allclose(a.logits, b.logits)
     # Unimodal outputs come from the codes before the hook.
     torch.testing.assert_close(a.unimodal_logits["t"], b.unimodal_logits["t"])
+
+
+@pytest.mark.parametrize("name", ["micga", "corect"])
+def test_unimodal_probes_do_not_change_how_the_model_trains(name: str) -> None:
+    # Probes read detached codes and are clipped on their own: with and without them the
+    # model's own weights follow the same trajectory.
+    ds = make_dataset((3, 6, 4, 5), "tav", seed=4, separable=True)
+    states = []
+    for heads in (True, False):
+        torch.manual_seed(0)
+        model = build_model(name, in_dims={"t": 12, "a": 6, "v": 8}, num_classes=3, num_speakers=2, num_parties=2,
+                            unimodal_heads=heads)
+        tr = Trainer(model, to_tensors(ds), ds.modalities, 3,
+                     TrainConfig(epochs=2, lr=0.01, batch_size=2, patience=0, clip_grad_norm=0.05, show_progress=False))
+        tr.fit()
+        states.append({k: v for k, v in model.state_dict().items() if not k.startswith("unimodal_classifiers.")})
+    assert states[0].keys() == states[1].keys()
+    for key in states[0]:
+        torch.testing.assert_close(states[0][key], states[1][key], rtol=1e-5, atol=1e-6, msg=key)

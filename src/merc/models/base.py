@@ -218,6 +218,16 @@ class MercModel(nn.Module):
             groups[m] = params
         return groups
 
+    def probe_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the unimodal probes (heads trained on detached codes), else ``[]``.
+
+        The trainer keeps them out of the model's gradient clipping, so that adding
+        probes does not change how the model itself trains.
+        """
+        if self.use_unimodal_heads and self.unimodal_loss_weight == 0 and not self.fills_unimodal_logits:
+            return list(self.unimodal_classifiers.parameters())
+        return []
+
     def require_per_modality(self, what: str) -> None:
         """Raise a clear error if the model has no per-modality parts (``fuses_early``)."""
         if self.fuses_early:

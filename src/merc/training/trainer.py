@@ -359,6 +359,15 @@ class Trainer:
         self.bad_epochs = 0
         self.history: list[dict[str, Any]] = []
         self.last_loss_terms: dict[str, float] = {}
+        probes = {id(p) for p in self.model.probe_parameters()}
+        self._clip_groups = [
+            group
+            for group in (
+                [p for p in self.model.parameters() if id(p) not in probes],
+                [p for p in self.model.parameters() if id(p) in probes],
+            )
+            if group
+        ]
         self.epoch_seconds: list[float] = []
         self.test_evaluated = False
         self._attach_plugins()
@@ -540,7 +549,9 @@ class Trainer:
             for plugin in self.plugins:
                 plugin.after_backward(self, batch, output)
             if self.config.clip_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad_norm)
+                # Probes are clipped on their own: their gradients must not shrink the model's.
+                for group in self._clip_groups:
+                    torch.nn.utils.clip_grad_norm_(group, self.config.clip_grad_norm)
             self.optimizer.step()
             value = float(loss.detach())
             for plugin in self.plugins:
