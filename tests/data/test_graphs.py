@@ -225,3 +225,175 @@ def test_utterance_index_matches_batch_maps() -> None:
     assert torch.equal(idx.dialogue, batch.utterance_dialogue)
     assert torch.equal(idx.position, batch.utterance_position)
     assert idx.offsets.tolist() == [0, 4, 5]
+
+
+# -- DialogueGCN's speaker-level graph ------------------------------------------------------
+from merc.data.graphs import dialoguegcn_graph, dialoguegcn_num_relations, dialoguegcn_relation  # noqa: E402
+
+
+def dialoguegcn_reference(
+    speakers: list[list[int]], past: int, future: int, num_parties: int, owner: str
+) -> list[tuple[int, int, int, int]]:
+    """(source, target, relation, owner) of every edge, one loop per dialogue, owner and window slot.
+
+    The window is the authors' ``edge_perms`` slice; relations come from a string-keyed
+    table filled as their ``edge_type_mapping`` (``'0'`` iff source before target).
+    """
+    mapping: dict[str, int] = {}
+    for a in range(num_parties):
+        for b in range(num_parties):
+            mapping[f"{a}{b}0"] = len(mapping)
+            mapping[f"{a}{b}1"] = len(mapping)
+    edges = []
+    offset = 0
+    for spk in speakers:
+        length = len(spk)
+        for j in range(length):
+            lo = 0 if past == -1 else max(0, j - past)
+            hi = length if future == -1 else min(length, j + future + 1)
+            for k in range(lo, hi):
+                src, tgt = (j, k) if owner == "source" else (k, j)
+                relation = mapping[f"{spk[src]}{spk[tgt]}{'0' if src < tgt else '1'}"]
+                edges.append((offset + src, offset + tgt, relation, offset + j))
+        offset += length
+    return sorted(edges)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_dialoguegcn_graph_matches_loop_reference(seed: int) -> None:
+    rng = random.Random(300 + seed)
+    for _ in range(6):
+        lengths = [rng.choice([1, 2, 3, rng.randint(4, 40)]) for _ in range(rng.randint(1, 5))]
+        num_parties = rng.randint(1, 4)
+        speakers = [[rng.randrange(num_parties) for _ in range(n)] for n in lengths]
+        pad = max(lengths) + rng.randint(0, 2)  # wider padding than needed must not matter
+        mask = torch.zeros(len(lengths), pad, dtype=torch.bool)
+        parties = torch.full((len(lengths), pad), num_parties + 5, dtype=torch.long)  # junk at padding
+        for b, s in enumerate(speakers):
+            mask[b, : len(s)] = True
+            parties[b, : len(s)] = torch.tensor(s)
+        past, future = rng.choice([-1, 0, 1, 3, 10]), rng.choice([-1, 0, 2, 10])
+        owner = rng.choice(["source", "target"])
+        g = dialoguegcn_graph(mask, parties, past, future, num_parties, window_owner=owner)
+        got = sorted(zip(g.edge_index[0].tolist(), g.edge_index[1].tolist(), g.edge_type.tolist(), g.owner.tolist()))
+        assert got == dialoguegcn_reference(speakers, past, future, num_parties, owner)
+        assert int(g.edge_type.max()) < dialoguegcn_num_relations(num_parties)
+
+
+def test_dialoguegcn_graph_by_hand() -> None:
+    # Speakers A B A, window one back and none ahead, owner = source (the authors' code):
+    # node 1 (B) owns {0, 1}: edges 1->0 (B->A, source after target) and 1->1 (self).
+    mask = torch.tensor([[True, True, True]])
+    g = dialoguegcn_graph(mask, torch.tensor([[0, 1, 0]]), 1, 0, 2)
+    edges = sorted(zip(g.edge_index[0].tolist(), g.edge_index[1].tolist(), g.edge_type.tolist()))
+    assert edges == [(0, 0, 1), (1, 0, 5), (1, 1, 7), (2, 1, 3), (2, 2, 1)]
+    assert dialoguegcn_relation(1, 0, False, 2) == 5 and dialoguegcn_relation(0, 1, False, 2) == 3
+    # The self edge is "source not before target" (the code's else branch), never type 2*k.
+    self_loop = g.edge_index[0] == g.edge_index[1]
+    assert (g.edge_type[self_loop] % 2 == 1).all()
+    # Owner = target: node i aggregates its own window; same window sizes swap the edges.
+    t = dialoguegcn_graph(mask, torch.tensor([[0, 1, 0]]), 0, 1, 2, window_owner="target")
+    assert sorted(zip(t.edge_index[0].tolist(), t.edge_index[1].tolist(), t.edge_type.tolist())) == edges
+    assert torch.equal(t.owner, t.edge_index[1]) and torch.equal(g.owner, g.edge_index[0])
+
+
+def test_dialoguegcn_graph_rejects_bad_settings_and_too_many_speakers() -> None:
+    mask = torch.tensor([[True, True]])
+    with pytest.raises(ConfigError, match="windows"):
+        dialoguegcn_graph(mask, torch.tensor([[0, 1]]), -2, 1)
+    with pytest.raises(ConfigError, match="window owner"):
+        dialoguegcn_graph(mask, torch.tensor([[0, 1]]), 1, 1, window_owner="both")
+    with pytest.raises(DataError, match="speakers"):
+        dialoguegcn_graph(mask, torch.tensor([[0, 2]]), 1, 1, num_parties=2)
+
+
+# -- MMGCN's multimodal graph (mmgcn_graph) -------------------------------------------------
+def mmgcn_reference(
+    lengths: list[int], mods: str, intra: bool, inter: bool, self_loops: bool, window: int
+) -> list[tuple[int, int, int]]:
+    """(source, target, kind) of MMGCN's graph, one loop per dialogue, utterance and modality pair
+    (the authors' ``create_big_adj``: full intra-modal blocks with their diagonal, inter-modal
+    diagonals between every two modality blocks)."""
+    from merc.data.graphs import MMGCN_INTER, MMGCN_INTRA
+
+    n = sum(lengths)
+    edges = []
+    offset = 0
+    for length in lengths:
+        for i in range(length):
+            for k in range(len(mods)):
+                for j in range(length):
+                    near = window < 0 or abs(i - j) <= window
+                    if intra and near and (i != j or self_loops):
+                        edges.append((k * n + offset + j, k * n + offset + i, MMGCN_INTRA))
+                for k2 in range(len(mods)):
+                    if inter and k2 != k:
+                        edges.append((k2 * n + offset + i, k * n + offset + i, MMGCN_INTER))
+        offset += length
+    return sorted(edges)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_mmgcn_graph_matches_reference(seed: int) -> None:
+    from merc.data.graphs import mmgcn_graph
+
+    rng = random.Random(100 + seed)
+    for _ in range(8):
+        lengths = [rng.choice([1, 1, 2, 3, rng.randint(4, 20)]) for _ in range(rng.randint(1, 5))]
+        mods = "".join(rng.choice(ORDERS))
+        flags = dict(
+            intra=rng.random() < 0.8,
+            inter=rng.random() < 0.8,
+            self_loops=rng.random() < 0.8,
+            window=rng.choice([-1, -1, 0, 1, 3, 30]),
+        )
+        g = mmgcn_graph(
+            torch.tensor(lengths),
+            mods,
+            intra_modal=flags["intra"],
+            inter_modal=flags["inter"],
+            self_loops=flags["self_loops"],
+            window=flags["window"],
+        )
+        got = _triples(g.edge_index, g.edge_kind)
+        assert got == mmgcn_reference(lengths, mods, **flags), (lengths, mods, flags)
+        assert len(set(got)) == len(got), "duplicate edges"
+        assert g.num_nodes == len(mods) * sum(lengths)
+        assert g.edge_index.dtype == torch.long and g.edge_kind.dtype == torch.long
+
+
+def test_mmgcn_graph_node_layout_and_batch_input() -> None:
+    from merc.data.graphs import MMGCN_EDGE_KINDS, MMGCN_INTER, MMGCN_INTRA, mmgcn_graph
+
+    batch, _ = make_batch((1, 7, 3), "tav")
+    g = mmgcn_graph(batch, "tav")
+    n = batch.num_utterances
+    assert g.node_utterance.tolist() == list(range(n)) * 3
+    assert g.node_modality.tolist() == [0] * n + [1] * n + [2] * n
+    assert _triples(g.edge_index, g.edge_kind) == _triples(*mmgcn_graph(batch.lengths, "tav")[:2])
+    # Complete per dialogue and modality (self loops included), one inter edge per ordered modality pair.
+    intra = int((g.edge_kind == MMGCN_INTRA).sum())
+    assert intra == 3 * (1 + 49 + 9) and int((g.edge_kind == MMGCN_INTER).sum()) == 6 * n
+    src, dst = g.edge_index
+    dialogue = batch.utterance_dialogue
+    assert torch.equal(dialogue[g.node_utterance[src]], dialogue[g.node_utterance[dst]])
+    inter = g.edge_kind == MMGCN_INTER
+    assert torch.equal(g.node_utterance[src[inter]], g.node_utterance[dst[inter]])
+    assert (g.node_modality[src[inter]] != g.node_modality[dst[inter]]).all()
+    assert torch.equal(g.node_modality[src[~inter]], g.node_modality[dst[~inter]])
+    assert MMGCN_EDGE_KINDS[MMGCN_INTRA] == "intra" and MMGCN_EDGE_KINDS[MMGCN_INTER] == "inter"
+    # Undirected: every edge comes with its reverse.
+    assert sorted(zip(src.tolist(), dst.tolist())) == sorted(zip(dst.tolist(), src.tolist()))
+
+
+def test_mmgcn_graph_edge_cases() -> None:
+    from merc.data.graphs import mmgcn_graph
+
+    single = mmgcn_graph(torch.tensor([1]), "t", self_loops=False)
+    assert single.edge_index.shape == (2, 0) and single.edge_kind.shape == (0,)
+    assert mmgcn_graph(torch.tensor([1]), "t").edge_index.tolist() == [[0], [0]]
+    assert mmgcn_graph(torch.tensor([4]), "av", intra_modal=False).edge_index.shape == (2, 8)
+    with pytest.raises(ConfigError, match="window"):
+        mmgcn_graph(torch.tensor([2]), "t", window=-2)
+    with pytest.raises(DataError):
+        mmgcn_graph(torch.tensor([2]), "tt")

@@ -221,10 +221,16 @@ def test_unimodal_probes_do_not_change_how_the_model_trains(name: str) -> None:
     states = []
     for heads in (True, False):
         torch.manual_seed(0)
-        model = build_model(name, in_dims={"t": 12, "a": 6, "v": 8}, num_classes=3, num_speakers=2, num_parties=2,
-                            unimodal_heads=heads)
-        tr = Trainer(model, to_tensors(ds), ds.modalities, 3,
-                     TrainConfig(epochs=2, lr=0.01, batch_size=2, patience=0, clip_grad_norm=0.05, show_progress=False))
+        model = build_model(
+            name, in_dims={"t": 12, "a": 6, "v": 8}, num_classes=3, num_speakers=2, num_parties=2, unimodal_heads=heads
+        )
+        tr = Trainer(
+            model,
+            to_tensors(ds),
+            ds.modalities,
+            3,
+            TrainConfig(epochs=2, lr=0.01, batch_size=2, patience=0, clip_grad_norm=0.05, show_progress=False),
+        )
         tr.fit()
         states.append({k: v for k, v in model.state_dict().items() if not k.startswith("unimodal_classifiers.")})
     assert states[0].keys() == states[1].keys()

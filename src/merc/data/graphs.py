@@ -436,3 +436,249 @@ def window_edges(
         )
     speaker = parties[b, i] * num_parties + parties[b, j]
     return edge_index, temporal, speaker
+
+
+# -- DialogueGCN's speaker-level graph ------------------------------------------------------
+def dialoguegcn_num_relations(num_parties: int) -> int:
+    """Relation types of DialogueGCN's graph: ``2 * num_parties ** 2`` (Ghosal et al., EMNLP 2019).
+
+    >>> dialoguegcn_num_relations(2)
+    8
+    """
+    return 2 * num_parties**2
+
+
+def dialoguegcn_relation(source_party: int, target_party: int, source_earlier: bool, num_parties: int) -> int:
+    """DialogueGCN relation id of an edge: ``2 * (source_party * num_parties + target_party) + d``.
+
+    ``d = 0`` if the source utterance comes *before* the target, ``d = 1`` if it comes
+    after it **or is the target itself** (the self edge): the numbering and the
+    self-edge convention of the authors' ``edge_type_mapping`` (key ``speaker_src``,
+    ``speaker_tgt``, ``'0'`` iff ``src < tgt``, else ``'1'``), so the self edge shares
+    the relation of the edges that bring a later utterance's message.
+
+    >>> dialoguegcn_relation(0, 0, True, 2), dialoguegcn_relation(0, 0, False, 2), dialoguegcn_relation(1, 0, True, 2)
+    (0, 1, 4)
+    """
+    return 2 * (source_party * num_parties + target_party) + (0 if source_earlier else 1)
+
+
+class DialogueGCNGraph(NamedTuple):
+    """DialogueGCN's graph of a batch (see :func:`dialoguegcn_graph`).
+
+    Attributes:
+        edge_index: ``long [2, E]`` source and target node ids (flat utterance index).
+        edge_type: ``long [E]`` relation ids (:func:`dialoguegcn_relation`).
+        owner: ``long [E]`` the node whose context window produced the edge (the query
+            of the edge attention, whose weights are normalised over the owner's edges):
+            ``edge_index[0]`` or ``edge_index[1]``.
+    """
+
+    edge_index: Tensor
+    edge_type: Tensor
+    owner: Tensor
+
+
+def dialoguegcn_graph(
+    mask: Tensor,
+    parties: Tensor,
+    window_past: int = 10,
+    window_future: int = 10,
+    num_parties: int = 2,
+    window_owner: str = "source",
+) -> DialogueGCNGraph:
+    """DialogueGCN's directed speaker-level graph for a whole batch (Ghosal et al., EMNLP 2019).
+
+    Every utterance ``i`` owns the window ``[i - window_past, i + window_future]`` of its
+    dialogue (itself included, clipped to the dialogue; ``-1`` leaves a side unbounded),
+    as the authors' ``edge_perms``. Each utterance ``k`` of the window gives one edge:
+
+    - ``window_owner="source"`` (default, the authors' ``batch_graphify`` and Mian Zhang's
+      re-implementation): ``i -> k``. Under PyG's source-to-target flow, ``k`` then
+      aggregates from the utterances whose windows contain it; the attention weights of
+      an owner's outgoing edges sum to one.
+    - ``window_owner="target"``: ``k -> i``, the paper's eq. 1-2: ``i`` aggregates from its
+      own window, and the weights of its incoming edges sum to one.
+
+    With ``window_past == window_future`` both give the same edges (and relations); only
+    the owner, hence the attention's normalisation, differs.
+
+    **Relations**: ``2 * num_parties ** 2`` types (speaker of the source, speaker of the
+    target, whether the source comes before the target), numbered as the authors'
+    ``edge_type_mapping``: see :func:`dialoguegcn_relation`. The self edge counts as
+    "source not before target" (the code's ``else`` branch).
+
+    Built on :func:`window_edges` (no loop over edges, utterances or dialogues): a
+    source-owned window ``[j - P, j + F]`` is the target-side window ``[i - F, i + P]``.
+
+    Args:
+        mask: ``bool [B, T]`` real utterances.
+        parties: ``long [B, T]`` per-dialogue speaker index (``Batch.parties``).
+        window_past: ``P`` (paper and code: 10; ``-1``: the whole past).
+        window_future: ``F`` (paper and code: 10; ``-1``: the whole future).
+        num_parties: Speakers per dialogue the relations cover.
+        window_owner: ``"source"`` or ``"target"``, see above.
+
+    Returns:
+        A :class:`DialogueGCNGraph`; nodes are numbered in ``Batch.flat_index`` order.
+
+    Raises:
+        ConfigError: a window below ``-1`` or an unknown ``window_owner``.
+        DataError: a dialogue has more than ``num_parties`` speakers.
+
+    Shapes:
+        - ``edge_index``: ``[2, E]``; ``edge_type``, ``owner``: ``[E]``
+
+    >>> g = dialoguegcn_graph(torch.tensor([[True, True]]), torch.tensor([[0, 1]]), 1, 0)
+    >>> g.edge_index.tolist(), g.edge_type.tolist(), g.owner.tolist()
+    ([[0, 1, 1], [0, 0, 1]], [1, 5, 7], [0, 1, 1])
+    """
+    if window_past < -1 or window_future < -1:
+        raise ConfigError(f"DialogueGCN windows must be >= 0 or -1 (unbounded), got {window_past}, {window_future}")
+    owner_mode = resolve_choice("window owner", window_owner, ["source", "target"])
+    if owner_mode == "source":
+        edge_index, temporal, speaker = window_edges(mask, parties, window_future, window_past, num_parties)
+        owner = edge_index[0]
+    else:
+        edge_index, temporal, speaker = window_edges(mask, parties, window_past, window_future, num_parties)
+        owner = edge_index[1]
+    # window_edges: speaker = party(target) * P + party(source); temporal 0 = source earlier.
+    target_party, source_party = speaker // num_parties, speaker % num_parties
+    edge_type = 2 * (source_party * num_parties + target_party) + (temporal > 0).long()
+    return DialogueGCNGraph(edge_index=edge_index, edge_type=edge_type, owner=owner)
+
+
+# -- MMGCN's multimodal dialogue graph (MMGCN, MM-DFN) ----------------------------------------
+#: Edge kind of :func:`mmgcn_graph`: two nodes of one modality (self loops included).
+MMGCN_INTRA: int = 0
+#: Edge kind of :func:`mmgcn_graph`: two modality nodes of one utterance.
+MMGCN_INTER: int = 1
+#: Names of the :func:`mmgcn_graph` edge kinds, by id.
+MMGCN_EDGE_KINDS: tuple[str, ...] = ("intra", "inter")
+
+
+class MMGCNGraph(NamedTuple):
+    """MMGCN's multimodal graph of a batch (see :func:`mmgcn_graph`).
+
+    Attributes:
+        edge_index: ``long [2, E]`` source and target node ids.
+        edge_kind: ``long [E]``, :data:`MMGCN_INTRA` or :data:`MMGCN_INTER`.
+        node_utterance: ``long [M * N]`` flat utterance index of each node.
+        node_modality: ``long [M * N]`` canonical modality index of each node (t=0, a=1, v=2).
+        num_nodes: ``M * N``.
+    """
+
+    edge_index: Tensor
+    edge_kind: Tensor
+    node_utterance: Tensor
+    node_modality: Tensor
+    num_nodes: int
+
+
+def mmgcn_graph(
+    source: Batch | Tensor,
+    modalities: Sequence[str],
+    intra_modal: bool = True,
+    inter_modal: bool = True,
+    self_loops: bool = True,
+    window: int = -1,
+) -> MMGCNGraph:
+    """MMGCN's multimodal dialogue graph for a whole batch (Hu et al., ACL 2021).
+
+    The graph of MMGCN, reused by MM-DFN (Hu et al., ICASSP 2022), as the
+    authors' ``create_big_adj`` builds it (one dense adjacency per batch there; an edge
+    list here, same edges).
+
+    **Nodes**: one per utterance per modality, modality-major as
+    :func:`build_corect_graph`: node ``k * N + n`` is utterance ``n`` (flat index) seen
+    through ``modalities[k]``, so ``torch.cat([codes[m] for m in modalities])`` gives the
+    node features and ``out.view(M, N, -1)`` splits them back.
+
+    **Edges**, both directions of every pair (the graph is undirected):
+
+    - intra-modal (:data:`MMGCN_INTRA`, ``intra_modal``): between every two utterances of
+      one dialogue within one modality, the dialogue's complete graph (``window=-1``, the
+      paper and the code; ``window >= 0`` keeps the pairs at most ``window`` turns
+      apart); with ``self_loops``, each node's self loop (the diagonal of the code's
+      intra-modal blocks, weighted like every other edge).
+    - inter-modal (:data:`MMGCN_INTER`, ``inter_modal``): between the nodes of one
+      utterance in every two distinct modalities (none with one modality).
+
+    Edge weights (the angular similarity of the node features) depend on the model's
+    features, so the model computes them
+    (:func:`merc.models.layers.deep_gcn.angular_edge_weights`).
+
+    Args:
+        source: A :class:`Batch` or its ``lengths`` ``long [B]`` (each >= 1).
+        modalities: Modalities of the node blocks, in block order.
+        intra_modal: Add the intra-modal edges.
+        inter_modal: Add the inter-modal edges.
+        self_loops: Add each node's self loop (an intra-modal edge).
+        window: Largest turn distance of an intra-modal pair; ``-1``: the whole dialogue.
+
+    Returns:
+        An :class:`MMGCNGraph`; intra-modal edges first (per modality block, then per
+        dialogue, target, source), then inter-modal ones (per modality pair).
+
+    Raises:
+        ConfigError: ``window`` below ``-1``.
+        DataError: an unknown or repeated modality.
+
+    Shapes:
+        - ``edge_index``: ``[2, E]``; ``edge_kind``: ``[E]``
+        - ``node_utterance``, ``node_modality``: ``[M * N]``
+
+    >>> g = mmgcn_graph(torch.tensor([2]), "ta")
+    >>> sorted(zip(g.edge_index[0].tolist(), g.edge_index[1].tolist(), g.edge_kind.tolist()))
+    [(0, 0, 0), (0, 1, 0), (0, 2, 1), (1, 0, 0), (1, 1, 0), (1, 3, 1), (2, 0, 1), (2, 2, 0), (2, 3, 0), (3, 1, 1), (3, 2, 0), (3, 3, 0)]
+    """
+    mods = tuple(modalities)
+    parse_modalities(mods)  # raises DataError on an unknown or repeated letter
+    if window < -1:
+        raise ConfigError(f"MMGCN window must be >= 0 or -1 (whole dialogue), got {window}")
+    lengths = _lengths_of(source)
+    device = lengths.device
+    n_utt = int(lengths.sum())
+    utt = torch.arange(n_utt, device=device)
+    sources: list[Tensor] = []
+    targets: list[Tensor] = []
+    kinds: list[Tensor] = []
+
+    if intra_modal and n_utt:
+        index = utterance_index(lengths)
+        longest = int(lengths.max())
+        pos = torch.arange(longest, device=device)
+        mask = pos[None, :] < lengths[:, None]  # [B, T]
+        allowed = torch.ones(longest, longest, dtype=torch.bool, device=device)
+        if window >= 0:
+            allowed &= (pos[:, None] - pos[None, :]).abs() <= window
+        if not self_loops:
+            allowed &= ~torch.eye(longest, dtype=torch.bool, device=device)
+        b, i, j = (mask[:, :, None] & mask[:, None, :] & allowed[None]).nonzero(as_tuple=True)
+        target, source_utt = index.offsets[b] + i, index.offsets[b] + j
+        for k in range(len(mods)):
+            sources.append(k * n_utt + source_utt)
+            targets.append(k * n_utt + target)
+            kinds.append(torch.full_like(target, MMGCN_INTRA))
+    if inter_modal:
+        for ks in range(len(mods)):
+            for kt in range(len(mods)):
+                if ks != kt:
+                    sources.append(ks * n_utt + utt)
+                    targets.append(kt * n_utt + utt)
+                    kinds.append(torch.full_like(utt, MMGCN_INTER))
+
+    if sources:
+        edge_index = torch.stack([torch.cat(sources), torch.cat(targets)])
+        edge_kind = torch.cat(kinds)
+    else:
+        edge_index = torch.empty(2, 0, dtype=torch.long, device=device)
+        edge_kind = torch.empty(0, dtype=torch.long, device=device)
+    canonical = torch.tensor([MODALITIES.index(m) for m in mods], dtype=torch.long, device=device)
+    return MMGCNGraph(
+        edge_index=edge_index,
+        edge_kind=edge_kind,
+        node_utterance=utt.repeat(len(mods)),
+        node_modality=canonical.repeat_interleave(n_utt),
+        num_nodes=len(mods) * n_utt,
+    )

@@ -15,8 +15,9 @@ Pipeline (paper eq. number in brackets):
 2. Concatenation of the available modalities [2], then DAG-ERC's input layer
    ``H^0 = ReLU(W [h^t || h^a || h^v])`` to the GNN width (MultiDAG's code feeds the
    concatenated features through DAG-ERC's ``fc1`` the same way).
-3. ``num_layers`` DAG-GNN layers [3-6] (:class:`merc.models.layers.dag.DAGLayer`) over the
-   DAG of :func:`merc.data.graphs.dag_adjacency`.
+3. ``num_layers`` DAG-GNN layers [3-6] (:class:`merc.models.layers.dag.DAGLayer`, run by
+   :class:`~merc.models.layers.dag.DAGStack`) over the DAG of
+   :func:`merc.data.graphs.dag_adjacency`.
 4. All layers' states and the concatenated encoder outputs are concatenated [7]
    (DAG-ERC appends the layer input, too) and classified by DAG-ERC's feed-forward
    network: ``mlp_layers`` Linear+ReLU layers, dropout, a linear output layer.
@@ -36,10 +37,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from merc.data.batching import Batch
-from merc.data.graphs import dag_adjacency
 from merc.errors import ConfigError
 from merc.models.base import MercModel
-from merc.models.layers.dag import DAGLayer, dag_schedule
+from merc.models.layers.dag import DAGStack, dag_classifier_mlp
 from merc.models.layers.encoders import RECURRENT_KINDS, EncoderSpec, build_encoder, encoder_kinds
 from merc.models.output import ModelOutput
 from merc.models.registry import register_model
@@ -112,27 +112,19 @@ class MultiDAG(MercModel):
         }
         self.add_encoders(built, {m: enc.output_size for m, enc in built.items()})
         fused = sum(self.code_dims.values())
+        # DAG-ERC's network (shared with merc.models.dagerc): input layer, DAG-GNN layers,
+        # feed-forward classifier over all layers' states and the fused codes.
         self.input_proj = nn.Linear(fused, hidden_size)
-        self.layers = nn.ModuleList([DAGLayer(hidden_size, attention) for _ in range(num_layers)])
-        mlp: list[nn.Module] = []
-        width = hidden_size * (num_layers + 1) + fused
-        for _ in range(mlp_layers):
-            mlp += [nn.Linear(width, hidden_size), nn.ReLU()]
-            width = hidden_size
-        self.mlp = nn.Sequential(*mlp)
+        self.layers = DAGStack(hidden_size, num_layers, attention)
+        self.mlp = dag_classifier_mlp(hidden_size * (num_layers + 1) + fused, hidden_size, mlp_layers)
         self.output = nn.Linear(hidden_size, num_classes)
 
     def fuse(self, batch: Batch, codes: Mapping[str, Tensor]) -> ModelOutput:
         """Eqs. 2-7: concatenation, DAG-GNN layers over the padded dialogues, classifier."""
         x = self.drop(torch.cat([codes[m] for m in self.modalities], dim=-1))  # [N, sum h_m]
-        adj, same = dag_adjacency(batch.lengths, batch.parties, self.speaker_window)
-        schedule = dag_schedule(batch.lengths, adj)  # one host sync per batch, shared by all layers
-        h = batch.unflatten(F.relu(self.input_proj(x)))  # [B, T, hidden]
-        states = [h]
-        for layer in self.layers:
-            h = layer(h, adj, same, batch.lengths, schedule)
-            states.append(h)
+        h0 = batch.unflatten(F.relu(self.input_proj(x)))  # [B, T, hidden]
+        states = self.layers(h0, batch.lengths, batch.parties, self.speaker_window)  # [B, T, (L+1) hidden]
         # Classify only real utterances: flatten before the MLP.
-        rep = torch.cat([batch.flatten(torch.cat(states, dim=-1)), x], dim=-1)
+        rep = torch.cat([batch.flatten(states), x], dim=-1)
         logits = self.output(self.drop(self.mlp(rep)))
         return ModelOutput(logits=logits, embeddings=rep)

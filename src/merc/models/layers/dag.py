@@ -15,6 +15,12 @@ Two pieces, both vectorised over the dialogues of a padded batch:
   step, so a forward pass costs ``T = max(lengths)`` steps, not ``sum(lengths)``. Dialogues
   are walked longest first (:class:`DAGSchedule`), so the dialogues still running at a
   position are a prefix of the batch and padding is never computed.
+
+DAG-ERC and MultiDAG share the network around the layers too: :class:`DAGStack` runs
+``L`` layers over a batch's DAG and returns the concatenation of all their states, and
+:func:`dag_classifier_mlp` builds DAG-ERC's feed-forward classifier. Both are plain
+containers (an ``nn.ModuleList``, an ``nn.Sequential``), so a model holding them keeps
+flat parameter names (``layers.0.*``, ``mlp.0.*``).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from merc.data.graphs import dag_adjacency
 from merc.errors import resolve_choice
 
 
@@ -214,4 +221,62 @@ def _gru(gi: Tensor, gh: Tensor, h: Tensor) -> Tensor:
     return n + z * (h - n)
 
 
-__all__ = ["DAGLayer", "DAGSchedule", "dag_schedule", "predecessor_windows"]
+class DAGStack(nn.ModuleList):
+    r"""``L`` DAG-GNN layers over the DAG of a batch, with DAG-ERC's all-layer readout.
+
+    DAG-ERC (Shen et al., 2021; MultiDAG eq. 7) classifies each utterance from the
+    concatenation of its states in every layer, :math:`H^0_i \| H^1_i \| \dots \| H^L_i`.
+    This module builds the DAG of :func:`merc.data.graphs.dag_adjacency` and the walk
+    schedule once per batch (shared by all layers), runs the layers in order and returns
+    that concatenation. The model appends the layer input's source (DAG-ERC's code: the
+    utterance features) itself.
+
+    Args:
+        hidden_size: State size ``D`` of every layer.
+        num_layers: ``L``.
+        attention: Gatherer of every layer, ``"linear"`` or ``"dot"`` (:class:`DAGLayer`).
+
+    Forward arguments: ``h0`` (:math:`H^0`), ``lengths``, ``parties`` (per-dialogue speaker
+    index) and ``speaker_window`` (:func:`~merc.data.graphs.dag_adjacency`).
+
+    Shapes:
+        - input: ``h0 [B, T, D]``, ``lengths [B]``, ``parties [B, T]``
+        - output: ``[B, T, (L + 1) * D]``
+    """
+
+    def __init__(self, hidden_size: int, num_layers: int, attention: str = "linear") -> None:
+        super().__init__([DAGLayer(hidden_size, attention) for _ in range(num_layers)])
+
+    def forward(self, h0: Tensor, lengths: Tensor, parties: Tensor, speaker_window: int = 1) -> Tensor:  # type: ignore[override]
+        adj, same = dag_adjacency(lengths, parties, speaker_window)
+        schedule = dag_schedule(lengths, adj)  # one host sync per batch, shared by all layers
+        h, states = h0, [h0]
+        for layer in self:
+            h = layer(h, adj, same, lengths, schedule)
+            states.append(h)
+        return torch.cat(states, dim=-1)
+
+
+def dag_classifier_mlp(in_size: int, hidden_size: int, mlp_layers: int) -> nn.Sequential:
+    """DAG-ERC's feed-forward classifier body: ``mlp_layers`` x (Linear + ReLU) to ``hidden_size``.
+
+    DAG-ERC's code (``--mlp_layers``, default 2) follows it with dropout and the linear
+    output layer, which the model owns.
+
+    >>> dag_classifier_mlp(10, 4, 2)
+    Sequential(
+      (0): Linear(in_features=10, out_features=4, bias=True)
+      (1): ReLU()
+      (2): Linear(in_features=4, out_features=4, bias=True)
+      (3): ReLU()
+    )
+    """
+    layers: list[nn.Module] = []
+    width = in_size
+    for _ in range(mlp_layers):
+        layers += [nn.Linear(width, hidden_size), nn.ReLU()]
+        width = hidden_size
+    return nn.Sequential(*layers)
+
+
+__all__ = ["DAGLayer", "DAGSchedule", "DAGStack", "dag_classifier_mlp", "dag_schedule", "predecessor_windows"]
