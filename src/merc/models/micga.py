@@ -367,7 +367,9 @@ class MiCGA(MercModel):
         want_loss = self.training and self.reconstruction_kind != "none" and self.reconstruction_weight > 0
         aux: dict[str, Tensor] = {}
         if want_loss or bool(missing.any()):
-            recon = batch.flatten(self._feature_estimation(batch.unflatten(self.drop(x_spk)), mask))
+            # Dropout on the padded [B, T] grid (padding stays zero): the same random stream
+            # as merc's earlier dialogue-grid implementation, so its runs reproduce seed for seed.
+            recon = batch.flatten(self._feature_estimation(self.drop(batch.unflatten(x_spk)), mask))
             recon = recon.reshape(n_utt, num_mod, h)
             # Eq. 10-12: X_coarse = X_miss filled at missing entries; X_FE = (1-lambda) X_coarse
             # + lambda X_miss, i.e. x where available and (1-lambda) x_hat where missing.
