@@ -152,6 +152,15 @@ def _window_pairs(position: Tensor, length_of: Tensor, max_offset: int, directio
     return owner, owner + steps[col]
 
 
+def _stack_edges(
+    sources: list[Tensor], targets: list[Tensor], kinds: list[Tensor], device: torch.device | str | None
+) -> tuple[Tensor, Tensor]:
+    """Concatenated ``edge_index [2, E]`` and edge labels ``[E]`` of edge groups (empty when none)."""
+    if not sources:
+        return torch.empty(2, 0, dtype=torch.long, device=device), torch.empty(0, dtype=torch.long, device=device)
+    return torch.stack([torch.cat(sources), torch.cat(targets)]), torch.cat(kinds)
+
+
 def build_corect_graph(
     source: Batch | Tensor,
     modalities: Sequence[str],
@@ -258,12 +267,7 @@ def build_corect_graph(
             for k, m in enumerate(mods):
                 add(k * n_utt + owner, k * n_utt + neighbour, temporal_relation(m, kind))
 
-    if sources:
-        edge_index = torch.stack([torch.cat(sources), torch.cat(targets)])
-        edge_type = torch.cat(types)
-    else:
-        edge_index = torch.empty(2, 0, dtype=torch.long, device=device)
-        edge_type = torch.empty(0, dtype=torch.long, device=device)
+    edge_index, edge_type = _stack_edges(sources, targets, types, device)
     canonical = torch.tensor([MODALITIES.index(m) for m in mods], dtype=torch.long, device=device)
     return CorectGraph(
         edge_index=edge_index,
@@ -668,12 +672,7 @@ def mmgcn_graph(
                     targets.append(kt * n_utt + utt)
                     kinds.append(torch.full_like(utt, MMGCN_INTER))
 
-    if sources:
-        edge_index = torch.stack([torch.cat(sources), torch.cat(targets)])
-        edge_kind = torch.cat(kinds)
-    else:
-        edge_index = torch.empty(2, 0, dtype=torch.long, device=device)
-        edge_kind = torch.empty(0, dtype=torch.long, device=device)
+    edge_index, edge_kind = _stack_edges(sources, targets, kinds, device)
     canonical = torch.tensor([MODALITIES.index(m) for m in mods], dtype=torch.long, device=device)
     return MMGCNGraph(
         edge_index=edge_index,

@@ -257,6 +257,27 @@ class MercModel(nn.Module):
             remove()
 
     # -- input checks ------------------------------------------------------------------
+    def speaker_embeddings(self, batch: Batch, embedding: nn.Embedding, ids: str) -> Tensor:
+        """``[N, h]`` rows of ``embedding`` for the real utterances' speakers.
+
+        Args:
+            batch: The batch.
+            embedding: One row per speaker id.
+            ids: ``"global"`` (dataset speaker ids, ``Batch.speakers``) or ``"party"``
+                (per-dialogue index, ``Batch.parties``).
+
+        Raises:
+            DataError: a speaker id without a row (never clamped).
+        """
+        flat = batch.flatten(batch.speakers if ids == "global" else batch.parties)
+        rows = embedding.num_embeddings
+        if flat.numel() and int(flat.max()) >= rows:
+            raise DataError(
+                f"{self.model_name}: {ids} speaker id {int(flat.max())} but the model has {rows} "
+                "speaker embeddings; build it with the dataset's num_speakers/num_parties"
+            )
+        return embedding(flat)
+
     def check_batch(self, batch: Batch) -> None:
         """Raise a clear error if the batch lacks a modality, has the wrong dims or too many parties."""
         for m in self.modalities:

@@ -85,7 +85,7 @@ from merc.data.graphs import (
     cross_modal_relation,
     temporal_relation,
 )
-from merc.errors import ConfigError, DataError, resolve_choice
+from merc.errors import ConfigError, resolve_choice
 from merc.models.base import MercModel
 from merc.models.layers.crossmodal import CrossModalTransformer
 from merc.models.layers.dropout import FastDropout
@@ -384,14 +384,7 @@ class CORECT(MercModel):
     def _speaker_vectors(self, batch: Batch) -> Tensor:
         """``[N, h]`` speaker embeddings of the real utterances (eq. 3-4, times ``eta``)."""
         assert self.speaker_embedding is not None
-        ids = batch.flatten(batch.speakers if self.speaker_ids == "global" else batch.parties)
-        rows = self.speaker_embedding.num_embeddings
-        if ids.numel() and int(ids.max()) >= rows:
-            raise DataError(
-                f"corect: {self.speaker_ids} speaker id {int(ids.max())} but the model has "
-                f"{rows} speaker embeddings; build it with the dataset's num_speakers/num_parties"
-            )
-        return self.speaker_ratio * self.speaker_embedding(ids)
+        return self.speaker_ratio * self.speaker_embeddings(batch, self.speaker_embedding, self.speaker_ids)
 
     def encode(self, batch: Batch) -> dict[str, Tensor]:
         """Unimodal encoders plus speaker embedding (eq. 1-4) of the real utterances: ``{m: [N, h]}``."""

@@ -75,7 +75,7 @@ from torch import Tensor, nn
 
 from merc.data.batching import Batch
 from merc.data.graphs import mmgcn_graph
-from merc.errors import ConfigError, DataError, resolve_choice
+from merc.errors import ConfigError, resolve_choice
 from merc.models.base import MercModel
 from merc.models.layers.deep_gcn import DeepGCN, DynamicFusionGCN, normalized_graph
 from merc.models.layers.dropout import FastDropout
@@ -296,14 +296,7 @@ class MultimodalGraphModel(MercModel):
     def _speaker_vectors(self, batch: Batch) -> Tensor:
         """``[N, hidden_size]`` speaker embeddings of the real utterances."""
         assert self.speaker_embedding is not None
-        ids = batch.flatten(batch.speakers if self.speaker_ids == "global" else batch.parties)
-        rows = self.speaker_embedding.num_embeddings
-        if ids.numel() and int(ids.max()) >= rows:
-            raise DataError(
-                f"{self.model_name}: {self.speaker_ids} speaker id {int(ids.max())} but the model has {rows} "
-                "speaker embeddings; build it with the dataset's num_speakers/num_parties"
-            )
-        return self.speaker_embedding(ids)
+        return self.speaker_embeddings(batch, self.speaker_embedding, self.speaker_ids)
 
     def encode(self, batch: Batch) -> dict[str, Tensor]:
         """Modality encoders, plus the speaker embedding on ``speaker_targets``: ``{m: [N, hidden_size]}``."""
