@@ -244,3 +244,50 @@ def test_train_with_curriculum_records_it(tmp_path) -> None:
 
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["curriculum"] == {"strategy": "emotion-shift", "buckets": 3}
+
+
+def test_overrides_may_stand_anywhere_on_the_command_line(tmp_path) -> None:
+    folder = tmp_path / "mine"
+    write_native(make_dataset((3, 4, 5, 2), "ta", separable=True), folder)
+    run = tmp_path / "run"
+    argv = ["train", "--model", "bclstm", "--dataset", str(folder), "--out", str(run), "training.num_threads=1"]
+    argv += ["--quiet", "training.epochs=2", "--seeds", "0", "model.hidden_size=4", "-v", "training.epochs=1"]
+    assert main(argv) == 0
+    import yaml
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    # In command-line order: the last of two values of a key wins.
+    assert cfg["training"]["epochs"] == 1 and cfg["training"]["num_threads"] == 1
+    assert cfg["model"]["hidden_size"] == 4
+
+
+def test_a_bug_is_one_line_with_a_log_file_and_v_prints_the_traceback(capsys, tmp_path, monkeypatch) -> None:
+    import merc.cli
+
+    def broken(args):
+        raise KeyError("a bug")
+
+    monkeypatch.setenv("MERC_LOG_DIR", str(tmp_path / "logs"))
+    monkeypatch.setitem(merc.cli.COMMANDS, "models", broken)
+    assert main(["models"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("merc: internal error") and "KeyError" in err
+    log = next((tmp_path / "logs").glob("merc-*.log"))
+    assert str(log) in err and "Traceback" in log.read_text() and "a bug" in log.read_text()
+    assert main(["models", "-v"]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_real_process_prints_one_line_for_an_unsafe_checkpoint(tmp_path) -> None:
+    """torch warns about foreign pickles on stderr; a real process must still print one line."""
+    folder = tmp_path / "mine"
+    write_native(make_dataset((3, 4, 5, 2), "ta", separable=True), folder)
+    run = tmp_path / "run"
+    argv = ["train", "--model", "bclstm", "--dataset", str(folder), "--out", str(run), "--quiet"]
+    argv += ["training.epochs=1", "model.hidden_size=4"]
+    assert main(argv) == 0
+    (run / "seed_0" / "best.pt").write_bytes(pickle.dumps(_Evil()))
+    proc = subprocess.run([sys.executable, "-m", "merc.cli", "evaluate", str(run)], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().startswith("merc: error: ") and len(proc.stderr.strip().splitlines()) == 1
+    assert "refused to load the selected weights" in proc.stderr

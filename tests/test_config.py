@@ -389,3 +389,77 @@ def test_run_experiment_fails_on_a_bad_option_before_loading_data(
     with pytest.raises(ConfigError, match=r"training\.optimizer"):
         runner.run_experiment("bclstm", "synthetic", overrides=["training.optimizer=adan"], out_dir=tmp_path / "run")
     assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+# --- model option ranges and the data section ------------------------------------------------
+
+
+def _model_defaults() -> list[tuple[str, str, Any]]:
+    import inspect
+
+    from merc.models import list_models
+    from merc.models.registry import get_model_class
+
+    rows = []
+    for name in list_models():
+        for key, param in inspect.signature(get_model_class(name).__init__).parameters.items():
+            if param.default is not inspect.Parameter.empty and param.default is not None:
+                rows.append((name, key, param.default))
+    return rows
+
+
+def test_every_models_defaults_pass_the_model_option_ranges() -> None:
+    """The naming-convention ranges never refuse a value a model itself chose as default."""
+    from merc.config import MODEL_OPTION_RANGES, check_model_ranges
+
+    rows = _model_defaults()
+    assert len(rows) > 50
+    checked = 0
+    for name, key, default in rows:
+        try:
+            check_model_ranges({key: default})
+        except ConfigError as exc:
+            raise AssertionError(f"{name}'s own default is refused: {exc}") from None
+        checked += any(applies(key) for applies, _, _ in MODEL_OPTION_RANGES)
+    assert checked > 30  # the rules do apply to most options
+
+
+@pytest.mark.parametrize("path", DATASET_RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_shipped_recipes_pass_the_model_ranges_and_data_schema(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MERC_CONFIG_DIR", str(REAL_CONFIGS))
+    recipe = resolve_recipe(path.parent.name, path.stem)  # raises on any out-of-range value
+    assert recipe["model"] is not None
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.dropout=1.5", r"model\.dropout=1\.5: expected a number in \[0, 1\)"),
+        ("model.hidden_size=0", r"model\.hidden_size=0: expected an integer in \[1, 65536\]"),
+        ("model.hidden_size=100000", r"model\.hidden_size=100000"),
+        ("data.standardize=perhaps", r"data\.standardize='perhaps': expected a boolean"),
+        ("data.max_utterances_per_dialogue=0", r"data\.max_utterances_per_dialogue=0"),
+        ("data.unknown=1", r"unknown data option\(s\) unknown"),
+    ],
+)
+def test_resolve_recipe_checks_model_ranges_and_the_data_section(
+    override: str, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MERC_CONFIG_DIR", str(REAL_CONFIGS))
+    with pytest.raises(ConfigError, match=message):
+        resolve_recipe("bclstm", "synthetic", [override])
+
+
+def test_data_options_defaults_and_conversion() -> None:
+    from merc.training.data_checks import DataOptions
+
+    assert DataOptions.from_recipe({}) == DataOptions()
+    options = DataOptions.from_recipe({"data": {"standardize": "no", "max_feature_gib": "2", "recipe_file": "x"}})
+    assert options.standardize is False and options.max_feature_gib == 2.0
+
+
+def test_a_non_utf8_recipe_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_bytes(b"training:\n  lr: \xff\n")
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        load_yaml(path)

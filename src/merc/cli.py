@@ -1,21 +1,43 @@
 """The ``merc`` command.
 
 ``merc train``, ``merc evaluate``, ``merc datasets``, ``merc models``, ``merc extract``,
-``merc export`` and ``merc demo``. Errors caused by input (a missing data root, an
-unknown name, malformed data) are printed as one line without a traceback.
+``merc export`` and ``merc demo``.
+
+:func:`main` is the one error boundary. Every expected failure (a bad argument or recipe
+value, a missing, corrupt or foreign file, a run folder in use or holding another run, an
+``OSError`` such as a full disk) is printed as one line ``merc: error: ...`` and exits
+with status 2. Anything else is a bug: one line naming a log file that holds the
+traceback, exit status 1 (``-v`` also prints the traceback). Ctrl-C exits with 130.
+Recipe overrides (``section.key=value``) may stand anywhere on the command line.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import logging
+import os
 import sys
+import tempfile
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from merc.errors import MercError
+
+#: Exit status of an expected failure (bad input), as argparse's own.
+EXIT_ERROR = 2
+#: Exit status of a bug (an unexpected exception).
+EXIT_BUG = 1
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage block): ``merc: error: ... (see `merc train --help`)``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_ERROR, f"merc: error: {message} (see `{self.prog} --help`)\n")
 
 
 def _seeds(text: str) -> list[int]:
@@ -23,6 +45,11 @@ def _seeds(text: str) -> list[int]:
         return [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"seeds must be comma-separated integers, got {text!r}") from None
+
+
+def is_override(token: str) -> bool:
+    """Whether a command-line word is a recipe override ``section.key=value``."""
+    return "=" in token and not token.startswith("-")
 
 
 def _add_data_root(p: argparse.ArgumentParser) -> None:
@@ -34,8 +61,8 @@ def _add_data_root(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="merc", description="Multimodal emotion recognition in conversation.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    parser = _Parser(prog="merc", description="Multimodal emotion recognition in conversation.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more; print tracebacks of bugs")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train and evaluate a model over several seeds")
@@ -43,7 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True)
     p.add_argument("--modalities", default="t", help="letters of t (text), a (audio), v (visual), e.g. tav")
     p.add_argument("--seeds", type=_seeds, default=[0], help="comma-separated, e.g. 0,1,2")
-    p.add_argument("--out", required=True, help="run folder (resumed if it exists)")
+    p.add_argument("--out", required=True, help="run folder (resumed if it holds this same run)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="discard what the run folder holds (a previous run) and start afresh"
+    )
     p.add_argument("--config", default=None, help="recipe YAML instead of configs/<model>/<dataset>.yaml")
     p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1 ...")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -81,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job: bc-LSTM on synthetic data, all modalities, 3 seeds")
     p.add_argument("--out", default="runs/demo")
+    for subparser in sub.choices.values():
+        # -v after the command too (merc train ... -v); SUPPRESS keeps a -v given before it.
+        subparser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log more")
     return parser
 
 
@@ -127,6 +160,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         recipe_path=args.config,
         device=args.device,
         show_progress=not args.quiet,
+        overwrite=args.overwrite,
     )
     print_results(results)
     print(f"results: {Path(args.out) / 'results.json'}")
@@ -257,24 +291,83 @@ COMMANDS = {
 }
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; ``merc train``'s overrides may stand anywhere in it.
+
+    argparse gives a ``nargs="*"`` positional only the words before the first option
+    after it; the override words after a later option come back unrecognised and are
+    appended here, in command-line order.
+    """
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "train":
+        args.overrides = list(args.overrides) + [t for t in extra if is_override(t)]
+        extra = [t for t in extra if not is_override(t)]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split()) or "(no message)"
+
+
+def _crash_log(exc: BaseException, argv: Sequence[str] | None) -> Path | None:
+    """Write the traceback of an unexpected exception to a log file; its path, or ``None``."""
+    folder = Path(os.environ.get("MERC_LOG_DIR") or Path(tempfile.gettempdir()) / "merc-logs")
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"merc-{stamp}-{os.getpid()}.log"
+        command = " ".join(sys.argv[:1] + list(argv if argv is not None else sys.argv[1:]))
+        path.write_text(
+            f"command: {command}\n\n" + "".join(traceback.format_exception(exc)), encoding="utf-8", errors="replace"
+        )
+    except OSError:
+        return None
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one ``merc`` command; return its exit status (0, 2: bad input, 1: a bug, 130: Ctrl-C)."""
+    args = parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
         return COMMANDS[args.command](args)
-    except MercError as exc:
-        print(f"merc: error: {exc}", file=sys.stderr)
-        return 2
-    except FloatingPointError as exc:
-        print(f"merc: error: {exc}", file=sys.stderr)
-        return 2
+    except (MercError, FloatingPointError) as exc:
+        print(f"merc: error: {_one_line(str(exc))}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:
+        from merc.training.run_folder import describe_os_error
+
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"merc: error: cannot read or write{where}: {_one_line(describe_os_error(exc))}", file=sys.stderr)
+        return EXIT_ERROR
+    except MemoryError:
+        print(
+            "merc: error: out of memory; use a smaller training.batch_size, fewer modalities or shorter dialogues "
+            "(data.max_utterances_per_dialogue)",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print(
             "merc: interrupted; the last epoch's checkpoint is saved: rerun the same command to resume", file=sys.stderr
         )
         return 130
+    except Exception as exc:
+        log_path = _crash_log(exc, argv)
+        if args.verbose:
+            traceback.print_exception(exc, file=sys.stderr)
+        where = f"traceback in {log_path}" if log_path else "rerun with -v for the traceback"
+        print(
+            f"merc: internal error (a bug in merc, please report it): {type(exc).__name__}: "
+            f"{_one_line(str(exc))[:300]}; {where}",
+            file=sys.stderr,
+        )
+        return EXIT_BUG
 
 
 if __name__ == "__main__":

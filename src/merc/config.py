@@ -16,8 +16,10 @@ inherited from).
 from __future__ import annotations
 
 import copy
+import math
+import numbers
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +75,16 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"recipe not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        first = str(exc).strip().splitlines()
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(line.strip() for line in first[:3])})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a recipe") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe is a mapping with sections {', '.join(recipe_sections())}")
     sections = recipe_sections()
@@ -206,4 +215,48 @@ def apply_overrides(recipe: Mapping[str, Any], overrides: Sequence[str]) -> dict
 
 
 def save_yaml(data: Mapping[str, Any], path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(dict(data), sort_keys=False), encoding="utf-8")
+    """Write ``data`` as YAML, all or nothing (a kill or a full disk leaves the old file)."""
+    from merc.training.run_folder import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(dict(data), sort_keys=False))
+
+
+#: Ranges of model options, by naming convention (the types come from each constructor's
+#: annotations, :func:`merc.models.registry.check_model_arguments`): ``(applies to the
+#: option name?, valid?, what is valid)``. Every registered model's defaults pass
+#: (``tests/test_config.py``); a constraint that depends on the data's dims is the
+#: model's own and is reported when it is built.
+MODEL_OPTION_RANGES: tuple[tuple[Callable[[str], bool], Callable[[float], bool], str], ...] = (
+    (lambda k: "dropout" in k or k.endswith("_mask_rate"), lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    (lambda k: k == "sparsity", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    # Upper bounds: a size of 10**30 would otherwise ask the allocator for it.
+    (lambda k: k.endswith(("_size", "_hidden", "_dim")), lambda v: 1 <= v <= 2**16, "an integer in [1, 65536]"),
+    (lambda k: k.endswith(("_layers", "_heads")), lambda v: 0 <= v <= 1024, "an integer in [0, 1024]"),
+    (lambda k: k.endswith(("_weight", "_ratio", "_weights")), lambda v: v >= 0, "a number >= 0"),
+    (lambda k: k.endswith("_window") or k.startswith("window_"), lambda v: v >= -1, "an integer >= -1"),
+)
+
+
+def check_model_ranges(section: Mapping[str, Any], prefix: str = "model") -> None:
+    """Check the numbers of a (type-checked) ``model`` section against :data:`MODEL_OPTION_RANGES`.
+
+    Nested mappings (per-modality options) are checked under their own key's rule.
+
+    Raises:
+        ConfigError: Naming ``model.<key>`` and what is valid.
+    """
+    for key, value in section.items():
+        name = f"{prefix}.{key}"
+        if isinstance(value, Mapping):
+            for inner, inner_value in value.items():
+                _check_model_number(str(key), f"{name}.{inner}", inner_value)
+        else:
+            _check_model_number(str(key), name, value)
+
+
+def _check_model_number(key: str, name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return
+    for applies, valid, expected in MODEL_OPTION_RANGES:
+        if applies(key) and not (math.isfinite(float(value)) and valid(float(value))):
+            raise ConfigError(f"{name}={value!r}: expected {expected}")

@@ -1,9 +1,10 @@
 """User-facing error types.
 
-Every error a user can cause (bad path, unknown name, malformed data) is raised as a
-:class:`MercError` subclass with a message that says what to do. The command line prints
-such errors as one line, without a traceback; anything else is a bug and keeps its
-traceback.
+Every error a user can cause (bad path, unknown name, malformed data, a run folder that
+holds another run or is in use) is raised as a :class:`MercError` subclass with a message
+that says what to do. The command line prints such errors (and ``OSError`` on the output
+folder) as one line ``merc: error: ...`` with exit status 2; anything else is a bug: one
+line naming a log file that holds the traceback, exit status 1 (``merc -v`` prints it).
 """
 
 from __future__ import annotations
@@ -23,6 +24,14 @@ class UnsafePickleError(DataError):
 
 class ConfigError(MercError, ValueError):
     """An unknown name, an invalid option or a malformed recipe/override."""
+
+
+class CheckpointError(DataError):
+    """A checkpoint or weights file that is empty, truncated, corrupt, unsafe or of another model."""
+
+
+class RunFolderError(MercError):
+    """A run folder that holds another run, is in use by another process, or cannot be written."""
 
 
 def resolve_choice(kind: str, value: str, options: list[str] | tuple[str, ...]) -> str:

@@ -1,56 +1,93 @@
 """Multi-seed experiments: recipe -> dataset -> model -> Trainer -> results.json.
 
 ``run_experiment`` is what ``merc train`` calls. The run folder holds the resolved recipe
-(``config.yaml``), one folder per seed (checkpoint, selected weights, history, metrics)
-and ``results.json`` with test and validation mean ± std over seeds. Finished seeds are
-skipped and unfinished ones resume from their checkpoint, so a killed run is continued
-by repeating the command.
+(``config.yaml``), its fingerprint (``fingerprint.json``: model, modalities, seeds,
+result-deciding recipe, dataset hash; :mod:`merc.training.run_folder`), one folder per
+seed (checkpoint, selected weights, history, metrics) and ``results.json`` with test and
+validation mean ± std over seeds. Finished seeds are skipped and unfinished ones resume
+from their checkpoint, so a killed run is continued by repeating the command; the same
+folder with other settings or other data is refused.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
+import math
+import numbers
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from merc.config import apply_overrides, load_recipe, load_yaml, save_yaml
+from merc.config import apply_overrides, check_model_ranges, load_recipe, load_yaml, save_yaml
 from merc.data.batching import ConversationTensors, to_tensors
 from merc.data.registry import dataset_recipe_defaults, load_dataset
 from merc.data.schema import MercDataset, class_weights, parse_modalities
 from merc.data.transforms import standardize_features
-from merc.errors import ConfigError
+from merc.errors import CheckpointError, ConfigError, MercError, RunFolderError
 from merc.evaluation.aggregate import aggregate_seeds
+from merc.evaluation.metrics import HEADLINE_METRICS
 from merc.models.base import MercModel
 from merc.models.registry import build_model, check_model_arguments
+from merc.training.data_checks import DataOptions, check_trainable
 from merc.training.plugins.registry import build_plugins, fill_dataset_defaults
-from merc.training.trainer import BEST_WEIGHTS, TrainConfig, Trainer, seed_everything
+from merc.training.run_folder import (
+    FINGERPRINT_FILE,
+    RunLock,
+    atomic_write_json,
+    clear_run_folder,
+    fingerprint_differences,
+    is_run_folder,
+    load_torch_file,
+    prepare_out_dir,
+    read_fingerprint,
+    remove_stale_temporaries,
+    removed_if_left_empty,
+    result_config,
+    run_fingerprint,
+)
+from merc.training.trainer import (
+    BEST_WEIGHTS,
+    TrainConfig,
+    Trainer,
+    check_device,
+    check_state_dict,
+    seed_everything,
+)
 
 log = logging.getLogger(__name__)
 
 
 def _write_json(data: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_json(path, data)
 
 
 def model_for(dataset: MercDataset, model_name: str, model_args: dict[str, Any]) -> MercModel:
-    """Build ``model_name`` for ``dataset``'s facts (dims, classes, speakers)."""
-    return build_model(
-        model_name,
-        in_dims=dataset.dims,
-        num_classes=dataset.num_classes,
-        num_speakers=dataset.num_speakers,
-        num_parties=dataset.max_parties,
-        **model_args,
-    )
+    """Build ``model_name`` for ``dataset``'s facts (dims, classes, speakers).
+
+    Raises:
+        ConfigError: The constructor refuses the options for these facts (a constraint
+            that depends on the data, e.g. heads that do not divide a dim).
+    """
+    try:
+        return build_model(
+            model_name,
+            in_dims=dataset.dims,
+            num_classes=dataset.num_classes,
+            num_speakers=dataset.num_speakers,
+            num_parties=dataset.max_parties,
+            **model_args,
+        )
+    except MercError:
+        raise
+    except (ValueError, TypeError, RuntimeError, AssertionError, ArithmeticError, MemoryError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        options = ", ".join(f"model.{k}={v!r}" for k, v in model_args.items()) or "its default options"
+        raise ConfigError(
+            f"{model_name} cannot be built with {options} for dataset {dataset.name!r} ({first}); change the model options"
+        ) from None
 
 
 def prepare_dataset(
@@ -77,7 +114,7 @@ def prepare_dataset(
 
 def standardizes(recipe: dict[str, Any]) -> bool:
     """Whether the recipe z-scores features with training statistics (``data.standardize``, default true)."""
-    return bool(recipe.get("data", {}).get("standardize", True))
+    return DataOptions.from_recipe(recipe).standardize
 
 
 def resolve_recipe(
@@ -88,9 +125,11 @@ def resolve_recipe(
     before any data loads."""
     recipe = apply_overrides(load_recipe(model, dataset, recipe_path), overrides)
     fill_dataset_defaults(recipe, dataset_recipe_defaults(dataset))
-    # Fail early on a bad option: types, ranges and choices of both sections.
+    # Fail early on a bad option: types, ranges and choices of every core section.
     TrainConfig.from_dict(recipe.get("training", {}))
     recipe["model"] = check_model_arguments(model, recipe.get("model") or {})
+    check_model_ranges(recipe["model"])
+    DataOptions.from_recipe(recipe)
     return recipe
 
 
@@ -165,6 +204,121 @@ def summarise(per_seed: list[dict[str, Any]], total_seconds: float) -> dict[str,
     }
 
 
+def check_seeds(seeds: Sequence[Any], what: str = "--seeds") -> list[int]:
+    """The seeds of a run: a set of integers in ``[0, 2**63)``, in the order given.
+
+    Raises:
+        ConfigError: No seed, a seed that is not such an integer, or a seed given twice
+            (it would count one run twice in the mean and std).
+    """
+    out: list[int] = []
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= int(seed) < 2**63:
+            raise ConfigError(f"{what}: {seed!r} is not an integer in [0, 2**63)")
+        if int(seed) in out:
+            raise ConfigError(f"{what}: seed {int(seed)} is given twice; seeds are a set, e.g. --seeds 0,1,2")
+        out.append(int(seed))
+    if not out:
+        raise ConfigError("no seeds given; e.g. --seeds 0,1,2")
+    return out
+
+
+def _load_raw(
+    dataset: str | MercDataset, mods: Sequence[str], data_root: str | Path | None, show_progress: bool
+) -> MercDataset:
+    if isinstance(dataset, str):
+        return load_dataset(dataset, modalities=mods, data_root=data_root, show_progress=show_progress)
+    return dataset.with_modalities(mods)
+
+
+def _finished_seed(seed_dir: Path, seed: int) -> dict[str, Any] | None:
+    """``seed_dir/metrics.json`` of a finished seed, or ``None`` (not finished, or unreadable).
+
+    An unreadable or incomplete ``metrics.json`` (or a missing ``best.pt``) is removed
+    with a warning: the seed is then finished again from its checkpoint, which re-scores
+    the same selected weights.
+    """
+    path = seed_dir / "metrics.json"
+    if not path.is_file():
+        return None
+    problem = None
+    try:
+        result = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, OSError) as exc:
+        problem, result = f"unreadable ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})", None
+    if problem is None and not _valid_metrics(result, seed):
+        problem = "incomplete or not this seed's"
+    if problem is None and not (seed_dir / BEST_WEIGHTS).is_file():
+        problem = f"without its {BEST_WEIGHTS}"
+    if problem is None:
+        return result
+    log.warning("%s is %s; finishing seed %d again from its checkpoint", path, problem, seed)
+    path.unlink()
+    return None
+
+
+def _valid_metrics(result: Any, seed: int) -> bool:
+    def scores(split: Any) -> bool:
+        return isinstance(split, dict) and all(
+            isinstance(split.get(k), (int, float)) and not isinstance(split.get(k), bool) and math.isfinite(split[k])
+            for k in HEADLINE_METRICS
+        )
+
+    return (
+        isinstance(result, dict)
+        and result.get("seed") == seed
+        and isinstance(result.get("best_epoch"), int)
+        and isinstance(result.get("epochs_run"), int)
+        and scores(result.get("test"))
+        and scores(result.get("valid"))
+    )
+
+
+def normalised_recipe(recipe: Mapping[str, Any]) -> dict[str, Any]:
+    """``recipe`` with its ``training`` and ``data`` options as the run uses them (converted,
+    defaults filled), so that spellings of one value (``yes`` / ``true``, ``3.0`` / ``3``)
+    make one fingerprint."""
+    out = {key: value for key, value in recipe.items()}
+    out["training"] = vars(TrainConfig.from_dict(recipe.get("training") or {}))
+    data = dict(recipe.get("data") or {})
+    out["data"] = {**data, **vars(DataOptions.from_recipe(recipe))}
+    return out
+
+
+def _stored_fingerprint(out: Path) -> dict[str, Any] | None:
+    """The fingerprint of what ``out`` holds: ``fingerprint.json``, or one rebuilt from the
+    ``config.yaml`` of a run folder written before fingerprints existed (no dataset part)."""
+    stored = read_fingerprint(out)
+    if stored is not None:
+        return stored
+    if (out / "config.yaml").is_file():
+        previous = load_yaml(out / "config.yaml")
+        info = previous.get("data") or {}
+        return {
+            "model": info.get("model_name"),
+            "modalities": info.get("modalities"),
+            "seeds": sorted(info.get("seeds") or []),
+            "config": result_config(normalised_recipe(previous)),
+            "dataset_arg": info.get("dataset_arg"),
+        }
+    if is_run_folder(out):
+        raise RunFolderError(
+            f"{out} holds run files but no {FINGERPRINT_FILE} or config.yaml, so what they are cannot be checked; "
+            "choose another --out, or --overwrite to discard them"
+        )
+    return None
+
+
+def _refuse_mismatch(out: Path, stored: Mapping[str, Any], current: Mapping[str, Any]) -> None:
+    diffs = fingerprint_differences(stored, current)
+    if diffs:
+        raise RunFolderError(
+            f"{out} holds a run with other settings ({'; '.join(diffs[:4])}"
+            f"{f'; and {len(diffs) - 4} more' if len(diffs) > 4 else ''}); "
+            "choose another --out, or rerun with --overwrite to discard it"
+        )
+
+
 def run_experiment(
     model: str,
     dataset: str | MercDataset,
@@ -176,57 +330,109 @@ def run_experiment(
     recipe_path: str | Path | None = None,
     device: str | None = None,
     show_progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train ``model`` on ``dataset`` for every seed and aggregate.
+
+    Everything is checked before any data loads (recipe values, seeds, device, what the
+    run folder already holds), the dataset before any epoch (:func:`check_trainable`).
+    The run folder is locked while the run works in it (:class:`RunLock`) and carries a
+    fingerprint (:mod:`merc.training.run_folder`): rerunning the same command resumes
+    it, reusing finished seeds; any other settings or data are refused.
 
     Args:
         model: Registered model name.
         dataset: Registered dataset name, or a loaded :class:`MercDataset`.
         modalities: e.g. ``"tav"``.
-        seeds: One run per seed; mean ± std over them.
+        seeds: One run per seed (a set: no seed twice); mean ± std over them.
         out_dir: Run folder (``None``: nothing written).
         data_root: Folder with the real corpora (see ``merc.data.registry``).
         overrides: ``section.key=value`` recipe overrides.
         recipe_path: Explicit recipe instead of ``configs/<model>/<dataset>.yaml``.
         device: Overrides ``training.device``.
+        show_progress: Progress bars.
+        overwrite: Discard what ``out_dir`` holds (only a run folder's files) and start afresh.
 
     Returns:
         The ``results.json`` content.
+
+    Raises:
+        ConfigError: A bad recipe value, seed or device.
+        DataError: Data merc cannot train on.
+        RunFolderError: ``out_dir`` holds another run, is in use, or cannot be written.
     """
     mods = parse_modalities(modalities)
-    if not seeds:
-        raise ConfigError("no seeds given; e.g. --seeds 0,1,2")
+    seeds = check_seeds(seeds)
     dataset_name = dataset if isinstance(dataset, str) else dataset.name
     recipe = resolve_recipe(model, dataset_name, overrides, recipe_path)
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        if (out / "config.yaml").is_file():
-            previous = load_yaml(out / "config.yaml")
-            if (
-                previous.get("model") != recipe.get("model")
-                or previous.get("data", {}).get("dataset_arg") != dataset_name
-            ):
-                raise ConfigError(f"{out} holds a run with another model or dataset; choose another --out")
-    data = prepare_dataset(dataset, mods, recipe, data_root, show_progress)
+    if device is not None:
+        check_device(device, "--device")
+        recipe.setdefault("training", {})["device"] = device
+    else:
+        check_device(recipe.get("training", {}).get("device", "cpu"))
+    options = DataOptions.from_recipe(recipe)
     recipe.setdefault("data", {}).update(
-        {
-            "dataset": data.name,
-            "dataset_arg": dataset_name,
-            "modalities": "".join(mods),
-            "seeds": list(seeds),
-            "model_name": model,
-        }
+        {"dataset_arg": dataset_name, "modalities": "".join(mods), "seeds": list(seeds), "model_name": model}
     )
+    out = Path(out_dir) if out_dir is not None else None
+    if out is None:
+        return _run(model, dataset, mods, seeds, None, recipe, options, data_root, device, show_progress)
+    created = prepare_out_dir(out)
+    with removed_if_left_empty(out, created), RunLock(out):
+        remove_stale_temporaries(out)
+        if overwrite and is_run_folder(out):
+            clear_run_folder(out)
+        stored = _stored_fingerprint(out)
+        if stored is not None:
+            _refuse_mismatch(out, stored, run_fingerprint(model, "".join(mods), seeds, normalised_recipe(recipe), None))
+            if "dataset" not in stored and stored.get("dataset_arg") != dataset_name:
+                raise RunFolderError(
+                    f"{out} holds a run on dataset {stored.get('dataset_arg')!r}, not {dataset_name!r}; "
+                    "choose another --out, or rerun with --overwrite to discard it"
+                )
+        return _run(model, dataset, mods, seeds, out, recipe, options, data_root, device, show_progress, stored)
+
+
+def _run(
+    model: str,
+    dataset: str | MercDataset,
+    mods: Sequence[str],
+    seeds: list[int],
+    out: Path | None,
+    recipe: dict[str, Any],
+    options: DataOptions,
+    data_root: str | Path | None,
+    device: str | None,
+    show_progress: bool,
+    stored: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    raw = _load_raw(dataset, mods, data_root, show_progress)
+    check_trainable(raw, options)
+    recipe["data"]["dataset"] = raw.name
+    data = standardize_features(raw) if options.standardize else raw
+    # Built once before anything is written: options that the constructor or a plug-in
+    # refuses for this data fail here, not after the run folder records a run.
+    model_for(data, model, dict(recipe.get("model") or {}))
+    build_plugins(recipe, data)
     if out is not None:
-        save_yaml(recipe, out / "config.yaml")
+        fingerprint = run_fingerprint(model, "".join(mods), seeds, normalised_recipe(recipe), raw)
+        if stored is not None:
+            _refuse_mismatch(out, stored, fingerprint)
+            if "dataset" not in stored:
+                log.warning("%s was written before run fingerprints: its data cannot be checked", out)
+        if stored is None or "dataset" not in stored:
+            atomic_write_json(out / FINGERPRINT_FILE, fingerprint)
+        if stored is None or not (out / "config.yaml").is_file():
+            # A resumed run keeps the config.yaml it started with (evaluate reads it).
+            save_yaml(recipe, out / "config.yaml")
     tensors = to_tensors(data)
     start = time.perf_counter()
     per_seed = []
     for seed in seeds:
         seed_dir = out / f"seed_{seed}" if out is not None else None
-        if seed_dir is not None and (seed_dir / "metrics.json").is_file():
-            per_seed.append(json.loads((seed_dir / "metrics.json").read_text()))
+        finished = _finished_seed(seed_dir, seed) if seed_dir is not None else None
+        if finished is not None:
+            per_seed.append(finished)
             log.info("seed %d already finished; reusing %s", seed, seed_dir)
             continue
         per_seed.append(train_one_seed(data, tensors, model, recipe, seed, seed_dir, device, show_progress))
@@ -242,19 +448,35 @@ def run_experiment(
     return results
 
 
+def _load_weights(model: MercModel, path: Path) -> None:
+    """Load selected weights into ``model``, every failure a :class:`CheckpointError`."""
+    state = load_torch_file(path, "selected weights")
+    try:
+        check_state_dict(model, state)
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = (str(exc).strip().splitlines() or ["?"])[0][:200]
+        raise CheckpointError(
+            f"{path}: the weights do not fit {model.model_name} with this dataset's dims and classes ({first}); "
+            "the run folder holds another model's weights: train again with --overwrite"
+        ) from None
+
+
 def selected_trainers(run: Path, recipe: dict[str, Any], data: MercDataset, device: str = "cpu") -> dict[int, Trainer]:
     """An evaluation-only :class:`Trainer` per seed of a finished run, holding the
     weights selected on validation (``best.pt``, loaded with ``weights_only=True``)."""
-    info = recipe.get("data", {})
+    info = run_info(run, recipe)
     trainers: dict[int, Trainer] = {}
     for seed in info["seeds"]:
-        weights = run / f"seed_{seed}" / BEST_WEIGHTS
-        if not weights.is_file():
+        seed_dir = run / f"seed_{seed}"
+        weights = seed_dir / BEST_WEIGHTS
+        if not weights.is_file() or not (seed_dir / "metrics.json").is_file():
             raise ConfigError(
-                f"{weights} missing: seed {seed} has not finished; rerun `merc train` with the same --out"
+                f"{seed_dir} has not finished (no {BEST_WEIGHTS} or metrics.json); "
+                "rerun `merc train` with the same --out to finish it"
             )
-        model = model_for(data, info["model_name"], dict(recipe.get("model", {})))
-        model.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
+        model = model_for(data, info["model_name"], dict(recipe.get("model") or {}))
+        _load_weights(model, weights)
         empty: dict[str, list[ConversationTensors]] = {"train": [], "valid": [], "test": []}
         trainers[seed] = Trainer(
             model,
@@ -267,33 +489,97 @@ def selected_trainers(run: Path, recipe: dict[str, Any], data: MercDataset, devi
     return trainers
 
 
+def run_info(run: Path, recipe: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``data`` section of a run's ``config.yaml``, checked to hold what ``merc train`` wrote.
+
+    Raises:
+        ConfigError: A key is missing or of the wrong type (an edited or foreign config).
+    """
+    where = run / "config.yaml"
+    info = recipe.get("data")
+    if not isinstance(info, Mapping):
+        raise ConfigError(f"{where} has no data section; it was not written by `merc train` (train again)")
+    missing = [k for k in ("model_name", "modalities", "seeds") if k not in info]
+    if "dataset_arg" not in info and "dataset" not in info:
+        missing.append("dataset")
+    if missing:
+        raise ConfigError(f"{where}: its data section lacks {', '.join(missing)}; restore the file or train again")
+    seeds = info["seeds"]
+    if not isinstance(seeds, list) or not seeds:
+        raise ConfigError(f"{where}: data.seeds must be a list of seeds, not {seeds!r}")
+    checked = check_seeds(seeds, f"{where}: data.seeds")
+    for key in ("model_name", "modalities"):
+        if not isinstance(info[key], str):
+            raise ConfigError(f"{where}: data.{key} must be a string, not {info[key]!r}")
+    dataset = info.get("dataset_arg", info.get("dataset"))
+    if not isinstance(dataset, str):
+        raise ConfigError(f"{where}: data.dataset_arg must be a string, not {dataset!r}")
+    return {
+        **info,
+        "seeds": checked,
+        "dataset_arg": dataset,
+        "modalities": "".join(parse_modalities(info["modalities"])),
+    }
+
+
 def evaluate_run(run_dir: str | Path, data_root: str | Path | None = None, device: str = "cpu") -> dict[str, Any]:
     """Re-score a finished run's selected weights on its validation and test splits.
 
     Rebuilds the dataset and models from ``config.yaml`` and loads each seed's
-    ``best.pt`` with ``weights_only=True``. Writes ``evaluation.json``.
+    ``best.pt`` with ``weights_only=True``. The dataset must be the one the run was
+    trained on (its hash in ``fingerprint.json``), and ``config.yaml`` must agree with the
+    fingerprint. Writes ``evaluation.json``.
+
+    Raises:
+        ConfigError: Not a run folder, an edited config, an unfinished seed.
+        RunFolderError: The data or the config differ from the run's fingerprint; the
+            folder is in use.
+        CheckpointError: Selected weights unreadable or of another model.
     """
     run = Path(run_dir)
+    if not run.is_dir():
+        raise ConfigError(f"{run} is not a folder; pass the --out of `merc train`")
     if not (run / "config.yaml").is_file():
         raise ConfigError(f"{run} is not a merc run folder (no config.yaml); pass the --out of `merc train`")
     recipe = load_yaml(run / "config.yaml")
-    info = recipe.get("data", {})
-    data = prepare_dataset(
-        info.get("dataset_arg", info["dataset"]), parse_modalities(info["modalities"]), recipe, data_root, False
-    )
-    tensors = to_tensors(data)
-    per_seed: list[dict[str, Any]] = []
-    for seed, trainer in selected_trainers(run, recipe, data, device).items():
-        per_seed.append(
-            {"seed": seed, "valid": trainer.evaluate(tensors["valid"]), "test": trainer.evaluate(tensors["test"])}
-        )
-    results = {
-        "model": info["model_name"],
-        "dataset": data.name,
-        "modalities": info["modalities"],
-        "seeds": info["seeds"],
-        "test": aggregate_seeds([r["test"] for r in per_seed]),
-        "valid": aggregate_seeds([r["valid"] for r in per_seed]),
-    }
-    _write_json(results, run / "evaluation.json")
+    info = run_info(run, recipe)
+    device = check_device(device, "--device")
+    TrainConfig.from_dict(recipe.get("training") or {})
+    recipe["model"] = check_model_arguments(info["model_name"], recipe.get("model") or {})
+    options = DataOptions.from_recipe(recipe)
+    stored = read_fingerprint(run)
+    mods = parse_modalities(info["modalities"])
+    with RunLock(run):
+        raw = _load_raw(info["dataset_arg"], mods, data_root, False)
+        check_trainable(raw, options)
+        if stored is None:
+            log.warning(
+                "%s has no %s (an older run): cannot check it is evaluated on its own data", run, FINGERPRINT_FILE
+            )
+        else:
+            diffs = fingerprint_differences(
+                stored,
+                run_fingerprint(info["model_name"], "".join(mods), info["seeds"], normalised_recipe(recipe), raw),
+            )
+            if diffs:
+                raise RunFolderError(
+                    f"cannot evaluate {run}: {'; '.join(diffs[:3])}; evaluate it on the data and config.yaml it "
+                    "was trained with, or train again with --overwrite"
+                )
+        data = standardize_features(raw) if options.standardize else raw
+        tensors = to_tensors(data)
+        per_seed: list[dict[str, Any]] = []
+        for seed, trainer in selected_trainers(run, recipe, data, device).items():
+            per_seed.append(
+                {"seed": seed, "valid": trainer.evaluate(tensors["valid"]), "test": trainer.evaluate(tensors["test"])}
+            )
+        results = {
+            "model": info["model_name"],
+            "dataset": data.name,
+            "modalities": info["modalities"],
+            "seeds": info["seeds"],
+            "test": aggregate_seeds([r["test"] for r in per_seed]),
+            "valid": aggregate_seeds([r["valid"] for r in per_seed]),
+        }
+        _write_json(results, run / "evaluation.json")
     return results

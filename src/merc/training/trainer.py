@@ -6,7 +6,11 @@
 - Model selection on the validation split only (weighted F1 by default); the test split
   is evaluated once, with the selected weights, by :meth:`Trainer.test`.
 - A checkpoint is written atomically after every epoch (model, optimiser, schedule,
-  RNG, plug-in state, best weights, history); a killed run resumes where it stopped.
+  RNG, plug-in state, best weights, history); a killed run resumes where it stopped. The
+  checkpoint is the one record of the run: ``best.pt`` is derived from it (rewritten from
+  its best weights on resume and at the end of training), so the two never disagree; the
+  checkpoint before the last is kept as ``checkpoint.prev.pt``, the fallback when the last
+  one is unreadable.
 - Plug-in hooks (:class:`merc.training.plugins.base.TrainerPlugin`) at fit start, epoch
   start (curricula choose dialogues), loss reduction (self-paced weights), between
   ``backward()`` and ``optimizer.step()`` (gradient modulation), batch and epoch end.
@@ -36,16 +40,37 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from merc.data.batching import IGNORE_INDEX, Batch, ConversationTensors, iterate_batches
-from merc.errors import ConfigError, resolve_choice
+from merc.errors import CheckpointError, ConfigError, resolve_choice
 from merc.evaluation.metrics import HEADLINE_METRICS, classification_metrics
 from merc.models.base import BeforeFuseHook, MercModel
 from merc.models.output import ModelOutput
 from merc.training.plugins.base import TrainerPlugin
+from merc.training.run_folder import atomic_torch_save, load_torch_file, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
+#: The checkpoint before the last: what a resume falls back to when the last is unreadable.
+PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
 BEST_WEIGHTS = "best.pt"
+#: Keys of a checkpoint (:meth:`Trainer._state`); a file without them is not a merc checkpoint.
+CHECKPOINT_KEYS = (
+    "model",
+    "optimizer",
+    "scheduler",
+    "epoch",
+    "best_score",
+    "best_epoch",
+    "best_state",
+    "bad_epochs",
+    "history",
+    "epoch_seconds",
+    "torch_rng",
+    "shuffle_rng",
+    "plugins",
+)
+#: ``TrainConfig.device`` types merc trains on.
+DEVICE_TYPES = ("cpu", "cuda", "mps")
 #: ``TrainConfig.precision`` values: full fp32, or bf16 autocast around forward and loss.
 PRECISIONS = ("32", "bf16-mixed")
 #: ``TrainConfig.optimizer`` values.
@@ -65,13 +90,15 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 }
 #: Numeric options: the test a value must pass and the range as the message states it.
 _RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
-    "epochs": (lambda v: v >= 1, "an integer >= 1"),
+    # Upper bound: "epochs: 1e30" is a typo, not a plan (early stopping would hide it).
+    "epochs": (lambda v: 1 <= v <= 10**6, "an integer in [1, 1000000]"),
     "batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "eval_batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "step_size": (lambda v: v >= 1, "an integer >= 1"),
     "patience": (lambda v: v >= 0, "an integer >= 0 (0: no early stopping)"),
     "warmup_epochs": (lambda v: v >= 0, "an integer >= 0"),
-    "num_threads": (lambda v: v >= 0, "an integer >= 0 (0: PyTorch's default)"),
+    # An upper bound: OpenMP starts that many threads, and 10**6 of them stall the machine.
+    "num_threads": (lambda v: 0 <= v <= 1024, "an integer in [0, 1024] (0: PyTorch's default)"),
     # A signed 64-bit integer: what torch's generators and the checkpoint's RNG state hold.
     "seed": (lambda v: 0 <= v < 2**63, "an integer in [0, 2**63)"),
     "lr": (lambda v: v > 0, "a finite number > 0"),
@@ -85,11 +112,7 @@ _TRUE_STRINGS = ("true", "yes", "1")
 _FALSE_STRINGS = ("false", "no", "0")
 
 
-def _expected(key: str, kind: str) -> str:
-    return _RANGES[key][1] if key in _RANGES else kind
-
-
-def _to_bool(key: str, value: Any) -> bool:
+def _to_bool(key: str, value: Any, section: str = "training") -> bool:
     """``value`` as a boolean; a typo such as ``ture`` is an error, not ``False``."""
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
@@ -100,10 +123,10 @@ def _to_bool(key: str, value: Any) -> bool:
             return True
         if text in _FALSE_STRINGS:
             return False
-    raise ConfigError(f"training.{key}={value!r}: expected a boolean (true/false, yes/no or 1/0)")
+    raise ConfigError(f"{section}.{key}={value!r}: expected a boolean (true/false, yes/no or 1/0)")
 
 
-def _to_int(key: str, value: Any) -> int:
+def _to_int(key: str, value: Any, section: str = "training", expected: str = "an integer") -> int:
     """``value`` as an int; whole floats (``3.0``, ``1e3``) pass, ``2.7`` and booleans do not."""
     number: Any = value
     if isinstance(value, str):
@@ -116,16 +139,16 @@ def _to_int(key: str, value: Any) -> int:
                 number = None
     # bool is an int subclass: "epochs: true" would otherwise silently run one epoch.
     if isinstance(number, (bool, np.bool_)) or not isinstance(number, numbers.Real):
-        raise ConfigError(f"training.{key}={value!r}: expected {_expected(key, 'an integer')}")
+        raise ConfigError(f"{section}.{key}={value!r}: expected {expected}")
     if isinstance(number, numbers.Integral):
         return int(number)
     as_float = float(number)
     if not (math.isfinite(as_float) and as_float.is_integer()):
-        raise ConfigError(f"training.{key}={value!r}: expected {_expected(key, 'an integer')}, not a fraction")
+        raise ConfigError(f"{section}.{key}={value!r}: expected {expected}, not a fraction")
     return int(as_float)
 
 
-def _to_float(key: str, value: Any) -> float:
+def _to_float(key: str, value: Any, section: str = "training", expected: str = "a finite number") -> float:
     """``value`` as a finite float (YAML reads ``3e-4`` as a string, so strings are parsed)."""
     if not isinstance(value, (bool, np.bool_)) and isinstance(value, (numbers.Real, str)):
         try:
@@ -135,42 +158,85 @@ def _to_float(key: str, value: Any) -> float:
         else:
             if math.isfinite(number):
                 return number
-    raise ConfigError(f"training.{key}={value!r}: expected {_expected(key, 'a finite number')}")
+    raise ConfigError(f"{section}.{key}={value!r}: expected {expected}")
 
 
-def _check_option(key: str, default: Any, value: Any) -> Any:
+def check_option(
+    key: str,
+    default: Any,
+    value: Any,
+    section: str = "training",
+    ranges: Mapping[str, tuple[Callable[[Any], bool], str]] | None = None,
+    choices: Mapping[str, Sequence[str]] | None = None,
+) -> Any:
     """``value`` of option ``key`` converted to ``default``'s type and range-checked.
 
+    The one converter of typed recipe options (:class:`TrainConfig` and the ``data``
+    section, :class:`merc.training.runner.DataOptions`): integers refuse fractions and
+    booleans, numbers refuse NaN and inf, booleans refuse typos, choices list the valid ones.
+
     Args:
-        key: The :class:`TrainConfig` field.
-        default: Its default, whose type is the field's type.
+        key: The option's name.
+        default: Its default, whose type is the option's type.
         value: The value from the recipe, an override or code.
+        section: The recipe section, for the message.
+        ranges: ``{key: (test, "what is valid")}`` (default: the training options').
+        choices: ``{key: valid strings}`` (default: the training options').
 
     Returns:
         The converted value (choices normalised, e.g. ``"AdamW"`` -> ``"adamw"``).
 
     Raises:
-        ConfigError: Naming ``training.<key>`` and the valid values.
+        ConfigError: Naming ``<section>.<key>`` and the valid values.
     """
+    ranges = _RANGES if ranges is None else ranges
+    choices = _CHOICES if choices is None else choices
+    expected = ranges[key][1] if key in ranges else None
     converted: Any
     if isinstance(default, bool):  # before int: bool is an int subclass
-        converted = _to_bool(key, value)
+        converted = _to_bool(key, value, section)
     elif isinstance(default, int):
-        converted = _to_int(key, value)
+        converted = _to_int(key, value, section, expected or "an integer")
     elif isinstance(default, float):
-        converted = _to_float(key, value)
-    elif key in _CHOICES:
+        converted = _to_float(key, value, section, expected or "a finite number")
+    elif key in choices:
         # str(): YAML reads "precision: 32" as an int.
-        converted = resolve_choice(f"training.{key}", str(value), _CHOICES[key])
+        converted = resolve_choice(f"{section}.{key}", str(value), list(choices[key]))
     elif isinstance(default, str):
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{section}.{key}={value!r}: expected a string")
         converted = str(value)
     else:
         converted = value
-    if key in _RANGES:
-        test, expected = _RANGES[key]
+    if key in ranges:
+        test, expected_text = ranges[key]
         if not test(converted):
-            raise ConfigError(f"training.{key}={value!r}: expected {expected}")
+            raise ConfigError(f"{section}.{key}={value!r}: expected {expected_text}")
     return converted
+
+
+def check_device(name: Any, key: str = "training.device") -> str:
+    """``name`` as a device string merc can train on, checked before any data loads.
+
+    Raises:
+        ConfigError: Not a device (``tpu``), a type merc does not train on (``meta``), or
+            CUDA asked for where PyTorch sees none or fewer devices.
+    """
+    text = str(name).strip()
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        device = None
+    if device is None or device.type not in DEVICE_TYPES:
+        raise ConfigError(f"{key}={name!r}: expected cpu, cuda or cuda:N (e.g. --device cpu)")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{key}={name!r}: PyTorch sees no CUDA device; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"{key}={name!r}: PyTorch sees {torch.cuda.device_count()} CUDA device(s), numbered from 0"
+            )
+    return text
 
 
 @dataclass
@@ -250,7 +316,13 @@ class TrainConfig:
             ConfigError: Naming ``training.<key>`` and its valid values.
         """
         for field in dataclasses.fields(self):
-            setattr(self, field.name, _check_option(field.name, field.default, getattr(self, field.name)))
+            setattr(self, field.name, check_option(field.name, field.default, getattr(self, field.name)))
+        try:
+            kind = torch.device(self.device).type
+        except (RuntimeError, ValueError, TypeError):
+            kind = None
+        if kind not in DEVICE_TYPES:
+            raise ConfigError(f"training.device={self.device!r}: expected cpu, cuda or cuda:N (e.g. --device cpu)")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
@@ -295,11 +367,20 @@ def _float_logits(output: ModelOutput) -> ModelOutput:
     )
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    # Write-then-rename: a kill during the write leaves the previous file intact.
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def check_state_dict(model: torch.nn.Module, state: Any) -> None:
+    """Raise ``RuntimeError`` unless ``state`` has exactly ``model``'s tensor names and shapes."""
+    reference = model.state_dict()
+    if not isinstance(state, Mapping):
+        raise RuntimeError(f"expected a state dict, got {type(state).__name__}")
+    missing = sorted(set(reference) - set(state))
+    unexpected = sorted(set(state) - set(reference))
+    if missing or unexpected:
+        raise RuntimeError(f"missing keys {missing[:3]}, unexpected keys {unexpected[:3]}")
+    for key, value in reference.items():
+        other = state[key]
+        if not isinstance(other, Tensor) or other.shape != value.shape:
+            shape = tuple(other.shape) if isinstance(other, Tensor) else type(other).__name__
+            raise RuntimeError(f"{key} has shape {shape}, the model's is {tuple(value.shape)}")
 
 
 class Trainer:
@@ -453,34 +534,105 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> None:
+        """Write ``checkpoint.pt`` atomically, keeping the one before as ``checkpoint.prev.pt``.
+
+        The previous checkpoint is renamed aside before the new one is renamed into
+        place; a kill between the two renames leaves only ``checkpoint.prev.pt``, which
+        :meth:`try_resume` then reads (the epoch is repeated, exactly).
+        """
         if self.run_dir is None:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_torch_save(self._state(), self.run_dir / CHECKPOINT)
+        state = self._state()
+        current = self.run_dir / CHECKPOINT
+        if current.is_file():
+            os.replace(current, self.run_dir / PREVIOUS_CHECKPOINT)
+        atomic_torch_save(state, current)
 
-    def try_resume(self) -> bool:
-        """Load ``run_dir/checkpoint.pt`` if present; return whether it did."""
-        if self.run_dir is None or not (self.run_dir / CHECKPOINT).is_file():
-            return False
-        state = torch.load(self.run_dir / CHECKPOINT, map_location=self.device, weights_only=True)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.epoch = int(state["epoch"])
-        self.best_score = float(state["best_score"])
-        self.best_epoch = int(state["best_epoch"])
-        self.best_state = state["best_state"]
-        self.bad_epochs = int(state["bad_epochs"])
-        self.history = json.loads(state["history"])
-        self.epoch_seconds = list(state["epoch_seconds"])
-        torch.set_rng_state(state["torch_rng"].cpu())
-        self.generator.set_state(state["shuffle_rng"].cpu())
-        plugin_states = json.loads(state["plugins"])
+    def save_best(self) -> None:
+        """Write ``best.pt`` (the weights selected on validation) from :attr:`best_state`.
+
+        Called after the checkpoint that holds the same weights is written, on resume and
+        at the end of :meth:`fit`: ``best.pt`` is always derived from the checkpoint, so a
+        kill between the two writes cannot leave a stale ``best.pt`` behind a finished seed.
+        """
+        if self.run_dir is not None and self.best_state is not None:
+            atomic_torch_save(self.best_state, self.run_dir / BEST_WEIGHTS)
+
+    def _read_checkpoint(self, path: Path) -> dict[str, Any]:
+        """A checkpoint file checked to be merc's and of this model (else :class:`CheckpointError`)."""
+        state = load_torch_file(path, "checkpoint", map_location=self.device)
+        if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS):
+            raise CheckpointError(f"{path}: not a merc checkpoint (it lacks the trainer's state)")
+        return state
+
+    def _apply_checkpoint(self, path: Path, state: dict[str, Any]) -> None:
+        try:
+            check_state_dict(self.model, state["model"])
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            epoch, bad_epochs, best_epoch = int(state["epoch"]), int(state["bad_epochs"]), int(state["best_epoch"])
+            best_score = float(state["best_score"])
+            best_state = state["best_state"]
+            if best_state is not None:
+                # The selected weights must fit this model too (evaluation loads them).
+                check_state_dict(self.model, best_state)
+            history = json.loads(state["history"])
+            epoch_seconds = [float(x) for x in state["epoch_seconds"]]
+            torch_rng = state["torch_rng"].cpu()
+            shuffle_rng = state["shuffle_rng"].cpu()
+            plugin_states = json.loads(state["plugins"])
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise CheckpointError(
+                f"{path}: does not fit {self.model.model_name} with these dims and classes ({first}); "
+                "the folder holds another model's checkpoint"
+            ) from None
+        self.epoch, self.bad_epochs, self.best_epoch = epoch, bad_epochs, best_epoch
+        self.best_score, self.best_state = best_score, best_state
+        self.history, self.epoch_seconds = history, epoch_seconds
+        torch.set_rng_state(torch_rng)
+        self.generator.set_state(shuffle_rng)
         for p in self.plugins:
             if p.name in plugin_states:
                 p.load_state_dict(plugin_states[p.name])
-        log.info("resumed %s at epoch %d", self.run_dir, self.epoch)
-        return True
+
+    def try_resume(self) -> bool:
+        """Continue from ``run_dir``'s checkpoint if there is one; return whether it did.
+
+        Reads ``checkpoint.pt``, or ``checkpoint.prev.pt`` when the last one is missing
+        (a kill between the two renames of :meth:`save_checkpoint`) or unreadable
+        (truncated or corrupt: a warning says so and the epoch after the previous
+        checkpoint is trained again). ``best.pt`` is then rewritten from the checkpoint.
+
+        Raises:
+            CheckpointError: A checkpoint exists but none is readable, or it belongs to
+                another model (other dims or classes): the message says what to do.
+        """
+        if self.run_dir is None:
+            return False
+        remove_stale_temporaries(self.run_dir)
+        candidates = [p for p in (self.run_dir / CHECKPOINT, self.run_dir / PREVIOUS_CHECKPOINT) if p.is_file()]
+        if not candidates:
+            return False
+        errors: list[CheckpointError] = []
+        for path in candidates:
+            try:
+                state = self._read_checkpoint(path)
+                self._apply_checkpoint(path, state)
+            except CheckpointError as exc:
+                errors.append(exc)
+                continue
+            if errors:
+                log.warning("%s; resuming from the previous checkpoint %s instead", errors[0], path.name)
+            self.save_best()
+            log.info("resumed %s at epoch %d", self.run_dir, self.epoch)
+            return True
+        raise CheckpointError(
+            f"{errors[0]}; no readable checkpoint is left: delete {self.run_dir} to train this seed again, "
+            "or rerun with --overwrite"
+        )
 
     # -- training --------------------------------------------------------------------
     def utterance_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
@@ -635,8 +787,8 @@ class Trainer:
             )
             self.epoch += 1
             self.save_checkpoint()
-            if improved and self.run_dir is not None:
-                _atomic_torch_save(self.best_state, self.run_dir / BEST_WEIGHTS)
+            if improved:
+                self.save_best()
             bar.update(1)
             bar.set_postfix(
                 loss=f"{train_loss:.3f}",
@@ -646,6 +798,7 @@ class Trainer:
         bar.close()
         if self.best_state is None:
             raise RuntimeError("no epoch was trained (training.epochs must be >= 1)")
+        self.save_best()
         return {"best_epoch": self.best_epoch, "best_valid_score": self.best_score, "epochs_run": self.epoch}
 
     def load_best(self) -> None:
@@ -662,4 +815,14 @@ class Trainer:
         return self.evaluate(self.test_items)
 
 
-__all__ = ["BEST_WEIGHTS", "CHECKPOINT", "PRECISIONS", "TrainConfig", "Trainer", "seed_everything"]
+__all__ = [
+    "BEST_WEIGHTS",
+    "CHECKPOINT",
+    "PRECISIONS",
+    "PREVIOUS_CHECKPOINT",
+    "TrainConfig",
+    "Trainer",
+    "check_device",
+    "check_option",
+    "seed_everything",
+]

@@ -42,7 +42,7 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from merc.data.schema import SPLITS, Conversation, MercDataset, parse_modalities
+from merc.data.schema import SPLITS, UNLABELLED, Conversation, MercDataset, parse_modalities
 from merc.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -187,11 +187,13 @@ def _read_metadata(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(f"{folder}: no {METADATA_FILE}; not a merc native dataset folder (write one with write_native)")
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        meta = json.loads(path.read_bytes().decode("utf-8"))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: bad JSON at line {exc.lineno}, column {exc.colno} ({exc.msg})") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not UTF-8 text") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply") from None
     if not isinstance(meta, dict):
         raise DataError(f"{path}: expected a JSON object, got {type(meta).__name__}")
     missing = [k for k in _METADATA_KEYS if k not in meta]
@@ -203,17 +205,33 @@ def _read_metadata(folder: Path) -> dict[str, Any]:
         )
     if not isinstance(meta["dims"], dict):
         raise DataError(f"{path}: 'dims' must be an object mapping modality to dim")
+    for m, dim in meta["dims"].items():
+        if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= 2**20:
+            raise DataError(f"{path}: dims[{m!r}] = {dim!r}; a feature dim is an integer in [1, 2**20]")
     for key in ("label_names", "speaker_vocab", "modalities"):
-        if not isinstance(meta[key], list):
-            raise DataError(f"{path}: {key!r} must be a list")
+        if not isinstance(meta[key], list) or not all(isinstance(x, str) for x in meta[key]):
+            raise DataError(f"{path}: {key!r} must be a list of strings")
+    labels = meta["label_names"]
+    if len(labels) < 2 or len(set(labels)) != len(labels):
+        raise DataError(f"{path}: 'label_names' must name at least 2 classes, each once; got {labels!r}")
+    if not isinstance(meta.get("meta", {}) or {}, dict):
+        raise DataError(f"{path}: 'meta' must be an object")
+    if not isinstance(meta.get("name"), str) or not meta["name"]:
+        raise DataError(f"{path}: 'name' must be a non-empty string")
+    if not isinstance(meta.get("description", ""), str):
+        raise DataError(f"{path}: 'description' must be a string")
     return meta
 
 
-def _parse_record(raw: str, where: str) -> dict[str, Any]:
+def _parse_record(raw: bytes, where: str, num_classes: int) -> dict[str, Any]:
     try:
-        rec = json.loads(raw)
+        rec = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{where}: not UTF-8 text (byte {exc.start} of the line); save the file as UTF-8") from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{where}: bad JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise DataError(f"{where}: JSON nested too deeply") from None
     if not isinstance(rec, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
     missing = [k for k in _RECORD_KEYS if k not in rec]
@@ -228,8 +246,18 @@ def _parse_record(raw: str, where: str) -> dict[str, Any]:
             raise DataError(f"{where}: {key!r} must be a list")
     if not all(isinstance(x, int) and not isinstance(x, bool) for x in rec["labels"]):
         raise DataError(f"{where}: 'labels' must be integers")
+    if not rec["labels"]:
+        raise DataError(f"{where}: empty dialogue (no utterances); remove it")
+    for x in rec["labels"]:
+        if x != UNLABELLED and not 0 <= x < num_classes:
+            raise DataError(
+                f"{where}: label {x} out of range; labels must be 0..{num_classes - 1} (ids into metadata.json "
+                f"label_names) or {UNLABELLED} for unlabelled"
+            )
     if not all(isinstance(x, str) for x in rec["speakers"]):
         raise DataError(f"{where}: 'speakers' must be strings")
+    if not all(isinstance(x, str) for x in rec["utterance_ids"]):
+        raise DataError(f"{where}: 'utterance_ids' must be strings")
     if rec["texts"] is not None and not (
         isinstance(rec["texts"], list) and all(isinstance(x, str) for x in rec["texts"])
     ):
@@ -244,8 +272,14 @@ def _read_features(path: Path, m: str, dim: int, convs: Mapping[str, Conversatio
         raise DataError(f"{path}: missing; metadata.json lists modality {m!r}, so its features file is required")
     try:
         tensors = load_file(path)
+    except (KeyboardInterrupt, SystemExit):
+        raise
     except (SafetensorError, OSError, ValueError) as exc:
         raise DataError(f"{path}: not a readable safetensors file ({exc}); it may be truncated or corrupt") from None
+    except BaseException as exc:  # the Rust reader's panics derive from BaseException
+        raise DataError(
+            f"{path}: not a readable safetensors file ({type(exc).__name__}); it may be truncated or corrupt"
+        ) from None
     unknown = sorted(set(tensors) - set(convs))
     if unknown:
         raise DataError(f"{path}: features for unknown conversation {unknown[0]!r} (not in {CONVERSATIONS_FILE})")
@@ -295,12 +329,13 @@ def read_native(folder: str | Path) -> MercDataset:
     splits: dict[str, list[Conversation]] = {}
     by_id: dict[str, Conversation] = {}
     vocab = set(meta["speaker_vocab"])
-    with conv_path.open(encoding="utf-8") as fh:
+    # Bytes, decoded line by line: a non-UTF-8 byte is reported with its line number.
+    with conv_path.open("rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             if not raw.strip():
                 continue
             where = f"{conv_path}:{lineno}"
-            rec = _parse_record(raw, where)
+            rec = _parse_record(raw, where, len(meta["label_names"]))
             if rec["id"] in by_id:
                 raise DataError(f"{where}: conversation id {rec['id']!r} repeats an earlier line")
             strangers = sorted(set(rec["speakers"]) - vocab)
@@ -321,7 +356,7 @@ def read_native(folder: str | Path) -> MercDataset:
             splits.setdefault(rec["split"], []).append(conv)
 
     for m in modalities:
-        _read_features(folder / FEATURES_DIR / f"{m}.safetensors", m, int(meta["dims"][m]), by_id)
+        _read_features(folder / FEATURES_DIR / f"{m}.safetensors", m, meta["dims"][m], by_id)
 
     dataset = MercDataset(
         name=str(meta["name"]),
