@@ -1,21 +1,23 @@
-"""DialogueGCN, MMGCN, MM-DFN and COGMEN: training speed and accuracy of merc against the authors' code.
+"""DialogueGCN, MMGCN, MM-DFN, COGMEN and DAG-ERC: training speed and accuracy of merc against the authors' code.
 
-The same kind of harness as ``bench_corect.py``, for the four baselines whose authors' code
+The same kind of harness as ``bench_corect.py``, for the five baselines whose authors' code
 is public:
 
-============  =====================================================  ===========================
-section       reference (passed as ``--reference-<name> DIR``)         what it reads
-============  =====================================================  ===========================
-dialoguegcn   github.com/declare-lab/conv-emotion, ``DialogueGCN/``     9-tuple IEMOCAP pickle
-mmgcn         github.com/hujingwen6666/MMGCN                           9-tuple IEMOCAP pickle
-mmdfn         github.com/zerohd4869/MM-DFN (``code/``)                 9-tuple IEMOCAP pickle
-cogmen        github.com/Exploration-Lab/COGMEN (``cogmen/``)          ``data_iemocap.pkl`` dict
-============  =====================================================  ===========================
+===========  =====================================================  ===============================
+section      reference (passed as ``--reference-<name> DIR``)       what it reads
+===========  =====================================================  ===============================
+dialoguegcn  github.com/declare-lab/conv-emotion, ``DialogueGCN/``  9-tuple IEMOCAP pickle
+mmgcn        github.com/hujingwen6666/MMGCN                         9-tuple IEMOCAP pickle
+mmdfn        github.com/zerohd4869/MM-DFN (``code/``)               9-tuple IEMOCAP pickle
+cogmen       github.com/Exploration-Lab/COGMEN (``cogmen/``)        ``data_iemocap.pkl`` dict
+dagerc       github.com/shenwzh3/DAG-ERC                            ``*_data_roberta.json.feature``
+===========  =====================================================  ===============================
 
 The reference is never part of merc. ``DIR`` is the folder holding the code (for
 DialogueGCN the ``DialogueGCN`` folder or the conv-emotion root; for MM-DFN ``code/`` or the
-repository root). It is copied into a temporary folder and imported from there; the copy
-is patched where the code no longer runs (below), the original is never touched.
+repository root; for DAG-ERC the repository root, which holds ``run.py``). It is copied into
+a temporary folder and imported from there; the copy is patched where the code no longer
+runs (below), the original is never touched.
 
 Data. merc's ``iemocap6`` text-only MiniLM features, standardised as merc's runner does
 (``merc.training.runner.prepare_dataset`` with each model's recipe), written in each
@@ -32,6 +34,12 @@ reference's input format into the temporary folder:
 - COGMEN: its ``data_iemocap.pkl`` (``train``/``dev``/``test`` lists of its
   ``cogmen.Sample`` objects; ``sbert_sentence_embeddings``, which its ``Dataset`` reads
   for ``t``, hold merc's features; merc's ``valid`` is ``dev``).
+- DAG-ERC: ``../data/IEMOCAP/{train,dev,test}_data_roberta.json.feature`` beside the copied
+  code (one JSON list of dialogues, each a list of ``{text, label, speaker, cls}``
+  utterances, ``cls`` = merc's feature vector; merc's ``valid`` is ``dev``) and
+  ``speaker_vocab.pkl`` / ``label_vocab.pkl`` (``{"itos", "stoi"}``: merc's speaker
+  vocabulary and its label names in merc's order, so the class ids are merc's). The
+  dataset name ``IEMOCAP`` selects the code's IEMOCAP paths (weighted F1).
 
 Validation. None of the three 9-tuple scripts has a validation split: they run with
 ``valid=0.0`` / ``--valid_rate 0.0`` and report the test F1 of the best *test* epoch
@@ -45,6 +53,10 @@ validation and test weighted F1 are recorded and two numbers reported: test F1 a
 max-test epoch (what the authors' script prints; for MM-DFN, within its early-stopping
 window) and test F1 at the best-validation epoch (honest selection). COGMEN selects on
 its dev split itself (``Coach.train``); its max-test number is given for comparison.
+DAG-ERC's ``run.py`` evaluates dev and test after every epoch and logs both the test F1 of
+the best dev epoch (epochs sorted by (dev, test) F1: a tie on dev goes to the higher
+test F1; recorded as ``own_best_dev_epoch``) and the max test F1; the harness runs the
+same loop (``train_or_eval_model`` on train, dev, test per epoch).
 
 Settings: each reference's README / run script for IEMOCAP, text only, and merc's recipe
 for the same model (``configs/<name>/default.yaml``, ``--modalities t``):
@@ -63,11 +75,20 @@ for the same model (``configs/<name>/default.yaml``, ``--modalities t``):
 - COGMEN: README ``train.py --modalities ... --from_begin --epochs 55`` with
   ``--dataset iemocap`` (6 classes) and ``--modalities t``, every other value at train.py's
   defaults (transformer, hidden 100, wp = wf = 5, lr 0.0001, batch 32, ReduceLROnPlateau).
+- DAG-ERC: README ``run.py --dataset IEMOCAP --gnn_layers 4 --lr 0.0005 --batch_size 16
+  --epochs 30 --dropout 0.2``, parsed by run.py's own parser (rebuilt from its
+  ``add_argument`` calls) so every other value is its default (hidden 300, 2 MLP layers,
+  ``--attn_type rgcn``, windowp 1, max_grad_norm 5.0, no nodal attention), with
+  ``--emb_dim`` = the feature width (the script's 1024 is RoBERTa-large's) and
+  ``--no_cuda``. Model ``DAGERC_fushion``, ``nn.CrossEntropyLoss(ignore_index=-1)``,
+  ``AdamW(lr)`` as run.py builds them.
 
 Seeds. The 9-tuple scripts seed everything with a fixed module constant (DialogueGCN 100,
 MMGCN 27350, MM-DFN ``--seed 2021``) at model construction and again at the start of every
 ``train_or_eval_graph_model`` call; the harness sets that constant to the run's seed
 (``seed_everything.__defaults__``, ``args.seed``). COGMEN: ``cogmen.utils.set_seed(seed)``.
+DAG-ERC: run.py's ``seed_everything(seed)`` (its constant is 100) before the loaders (its
+``IEMOCAPDataset`` shuffles the dialogues with ``random`` when it reads them) and the model.
 
 Shims and patches (in the temporary folder / process only):
 
@@ -92,6 +113,18 @@ Shims and patches (in the temporary folder / process only):
 - COGMEN: a ``sentence_transformers`` stub (``cogmen/Sample.py`` loads an SBERT model at
   import; unpickled samples never call it). ``comet_ml`` is only imported by ``train.py``,
   which is not imported.
+- DAG-ERC: a ``transformers`` shim in the copy (the code was written for transformers 3.5;
+  merc's environment has none or a current one, which has no ``AdamW``): ``AdamW`` is
+  ``torch.optim.AdamW`` with transformers 3.5's defaults (betas (0.9, 0.999), eps 1e-6,
+  weight decay 0, bias correction; the one difference, torch adding eps to
+  ``sqrt(v_hat)`` rather than to ``sqrt(v)``, is below 1e-6 relative), and the BERT
+  classes ``model.py`` / ``dataloader.py`` import but ``DAGERC_fushion`` never uses are
+  stubs that raise. It shadows an installed ``transformers`` only while the reference is
+  imported. ``run.py``'s module-level ``os.environ["CUDA_VISIBLE_DEVICES"] = '0'`` is
+  removed (importing it would hide the GPUs of the whole process; only its ``__main__``
+  block, which is not run, reads it). No code forces CUDA: ``train_or_eval_model`` moves
+  tensors only when its ``cuda`` argument is true (here false). ``tensorboardX`` is only
+  imported with ``--tensorboard`` (off).
 
 Timing (``--repeats K``): per model and ``--threads`` value, one training epoch of the
 reference and one of merc alternated, after one untimed warm-up epoch each; median
@@ -114,6 +147,8 @@ Run::
         --reference-mmdfn /tmp/ref_mmdfn --reference-cogmen /tmp/ref_cogmen --repeats 5 --threads 1
     OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python bench/bench_baselines.py --models cogmen \\
         --reference-cogmen /tmp/ref_cogmen --repeats 0 --seeds 0,1,2
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_baselines.py --models dagerc \\
+        --reference-dagerc /tmp/ref_dagerc --repeats 5 --seeds 0,1,2
     # smoke test: 1 epoch on a few dialogues
     .venv/bin/python bench/bench_baselines.py --reference-mmgcn /tmp/ref_mmgcn --models mmgcn \\
         --max-dialogues 4 --repeats 1 --seeds 0 --epochs 1 --out /tmp/smoke.json
@@ -127,6 +162,7 @@ import os
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import argparse  # noqa: E402
+import ast  # noqa: E402
 import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
 import importlib  # noqa: E402
@@ -158,7 +194,7 @@ from merc.training.plugins.registry import build_plugins  # noqa: E402
 from merc.training.runner import model_for, prepare_dataset, resolve_recipe, train_one_seed  # noqa: E402
 from merc.training.trainer import TrainConfig, Trainer, seed_everything  # noqa: E402
 
-MODELS = ("dialoguegcn", "mmgcn", "mmdfn", "cogmen")
+MODELS = ("dialoguegcn", "mmgcn", "mmdfn", "cogmen", "dagerc")
 RESULTS = Path(__file__).parent / "results" / "baselines.json"
 #: The three 9-tuple scripts' IEMOCAP class weights (1 / class frequency, hard-coded in each).
 IEMOCAP_LOSS_WEIGHTS = [1 / 0.086747, 1 / 0.144406, 1 / 0.227883, 1 / 0.160585, 1 / 0.127711, 1 / 0.252668]
@@ -175,6 +211,11 @@ _REFERENCE_MODULES = (
     "train_IEMOCAP",
     "run_train_erc",
     "cogmen",
+    "run",
+    "dataset",
+    "trainer",
+    "utils",
+    "model_utils",
     "pandas",
     "ipdb",
     "sentence_transformers",
@@ -215,6 +256,36 @@ class SentenceTransformer:
 
     def encode(self, *args, **kwargs):
         raise RuntimeError("bench_baselines: SBERT is stubbed; samples carry their embeddings")
+'''
+
+_TRANSFORMERS_SHIM = '''"""bench_baselines shim: the part of transformers 3.5 DAG-ERC imports.
+
+AdamW is torch's with transformers 3.5's defaults; the BERT classes are imported by model.py and
+dataloader.py but only used by models the harness does not build.
+"""
+
+import torch
+
+
+class AdamW(torch.optim.AdamW):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, correct_bias=True):
+        if not correct_bias:
+            raise NotImplementedError("bench_baselines: AdamW shim without bias correction")
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+class _Stub:
+    def __init__(self, *args, **kwargs):
+        raise RuntimeError("bench_baselines: transformers is stubbed; DAGERC_fushion reads features")
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        cls()
+
+    from_json_file = from_pretrained
+
+
+BertModel = BertConfig = BertTokenizer = AutoTokenizer = AutoModelWithLMHead = _Stub
 '''
 
 
@@ -316,17 +387,26 @@ def copy_reference(src: Path, dst: Path, patches: dict[str, Callable[[str], str]
     return dst
 
 
-def import_from(folder: Path, names: list[str]) -> dict[str, ModuleType]:
-    """Import ``names`` from ``folder`` with a clean slate (the references share module names)."""
+def import_from(folder: Path, names: list[str], shadow: tuple[str, ...] = ()) -> dict[str, ModuleType]:
+    """Import ``names`` from ``folder`` with a clean slate (the references share module names).
+
+    ``shadow``: packages the folder holds a shim of. An installed package of that name,
+    already imported, is set aside during the import and put back after; the shim leaves
+    ``sys.modules`` (the reference's modules keep the names they bound from it).
+    """
     for mod in list(sys.modules):
         if mod.split(".")[0] in _REFERENCE_MODULES:
             del sys.modules[mod]
+    aside = {m: sys.modules.pop(m) for m in list(sys.modules) if m.split(".")[0] in shadow}
     sys.path.insert(0, str(folder))
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             return {n: importlib.import_module(n) for n in names}
     finally:
         sys.path.remove(str(folder))
+        for mod in [m for m in sys.modules if m.split(".")[0] in shadow]:
+            del sys.modules[mod]
+        sys.modules.update(aside)
 
 
 def _find(root: Path, marker: str, subdirs: tuple[str, ...]) -> Path:
@@ -410,6 +490,37 @@ def write_cogmen_pickle(data: MercDataset, path: Path, sample_cls: type) -> None
         pickle.dump(out, f)
 
 
+def write_dagerc_data(data: MercDataset, folder: Path) -> None:
+    """merc's splits in DAG-ERC's input format under ``folder`` (its ``../data/<dataset>``).
+
+    ``{train,dev,test}_data_roberta.json.feature``: per dialogue a list of utterances
+    ``{"text", "speaker", "label", "cls"}`` (``label`` a class name, left out for an
+    unlabelled utterance, which the code reads as -1 and ignores; ``cls`` the feature
+    vector); ``speaker_vocab.pkl`` and ``label_vocab.pkl``: ``{"itos": [...], "stoi": {...}}``
+    with merc's speaker vocabulary and label names, so the code's class ids are merc's.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    speakers = list(data.speaker_vocab) or sorted(
+        {s for convs in data.splits.values() for c in convs for s in c.speakers}
+    )
+    for name, itos in (("speaker_vocab", speakers), ("label_vocab", list(data.label_names))):
+        with open(folder / f"{name}.pkl", "wb") as f:
+            pickle.dump({"itos": itos, "stoi": {s: i for i, s in enumerate(itos)}}, f)
+    for split, name in (("train", "train"), ("valid", "dev"), ("test", "test")):
+        dialogues = []
+        for conv in data.splits[split]:
+            feats = np.asarray(conv.features["t"], dtype=np.float32)
+            texts = conv.texts or [""] * len(conv)
+            utterances = []
+            for text, speaker, y, x in zip(texts, conv.speakers, conv.labels.tolist(), feats, strict=True):
+                u: dict[str, Any] = {"text": text, "speaker": speaker, "cls": x.tolist()}
+                if y >= 0:
+                    u["label"] = data.label_names[y]
+                utterances.append(u)
+            dialogues.append(utterances)
+        (folder / f"{name}_data_roberta.json.feature").write_text(json.dumps(dialogues), encoding="utf-8")
+
+
 # --------------------------------------------------------------------------- references
 
 
@@ -425,7 +536,8 @@ class ReferenceRun:
 
 
 class GraphScriptRun(ReferenceRun):
-    """DialogueGCN / MMGCN / MM-DFN: their own ``train_or_eval_graph_model`` and loaders."""
+    """A reference's own epoch function and loaders: DialogueGCN / MMGCN / MM-DFN
+    ``train_or_eval_graph_model``, DAG-ERC ``train_or_eval_model``."""
 
     def __init__(self, step: Callable[..., tuple[float, float]], loaders: dict[str, Any]) -> None:
         self.step, self.loaders, self.epoch = step, loaders, 0
@@ -808,11 +920,86 @@ class CogmenReference(Reference):
             return CogmenRun(cg.Coach(*sets, model, opt, sched, args), self.dir)
 
 
+def script_parser(path: Path) -> argparse.ArgumentParser:
+    """The ``argparse`` parser a script builds in its ``__main__`` block, rebuilt from its
+    ``add_argument`` calls (literal arguments; ``type`` a builtin), so its defaults are the script's."""
+    types = {"int": int, "float": float, "str": str}
+    parser = argparse.ArgumentParser(prog=path.name)
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "add_argument":
+            kwargs = {
+                k.arg: types[k.value.id]
+                if k.arg == "type" and isinstance(k.value, ast.Name)
+                else ast.literal_eval(k.value)
+                for k in node.keywords
+                if k.arg is not None
+            }
+            parser.add_argument(*(ast.literal_eval(a) for a in node.args), **kwargs)
+    return parser
+
+
+def _dagerc_run_patch(text: str) -> str:
+    return _patch(
+        text,
+        r"(?m)^os\.environ\[\"CUDA_VISIBLE_DEVICES\"\] = '0'[ \t]*$",
+        "# bench_baselines: CUDA_VISIBLE_DEVICES assignment removed",
+        "run.py: module-level CUDA_VISIBLE_DEVICES",
+    )
+
+
+class DagErcReference(Reference):
+    name, epochs, own_selection = "dagerc", 30, "best_dev"
+    settings = {
+        "dataset_name": "IEMOCAP",
+        "gnn_layers": 4,
+        "lr": 0.0005,
+        "batch_size": 16,
+        "epochs": 30,
+        "dropout": 0.2,
+    }
+
+    def __init__(self, root: Path, work: Path, data: MercDataset) -> None:
+        src = _find(root, "run.py", ())
+        base = work / "ref_dagerc"  # the code reads ../data/<dataset>/ from its working directory
+        self.dir = copy_reference(src, base / "code", {"run.py": _dagerc_run_patch})
+        (self.dir / "transformers.py").write_text(_TRANSFORMERS_SHIM)
+        write_dagerc_data(data, base / "data" / str(self.settings["dataset_name"]))
+        self.mods = import_from(self.dir, ["run"], shadow=("transformers",))
+        self.parser = script_parser(self.dir / "run.py")
+        self.text_dim = data.dims["t"]
+
+    def args(self, epochs: int) -> argparse.Namespace:
+        """run.py's arguments: the README's IEMOCAP command, the feature width, CPU."""
+        argv = [f"--{k}={v}" for k, v in dict(self.settings, epochs=epochs).items()]
+        args = self.parser.parse_args([*argv, f"--emb_dim={self.text_dim}", "--no_cuda"])
+        args.cuda = False
+        return args
+
+    def build(self, seed: int, epochs: int) -> ReferenceRun:
+        run = self.mods["run"]
+        args = self.args(epochs)
+        with contextlib.chdir(self.dir), contextlib.redirect_stdout(io.StringIO()):
+            run.seed_everything(seed)
+            train, valid, test, _, label_vocab, _ = run.get_IEMOCAP_loaders(
+                dataset_name=args.dataset_name, batch_size=args.batch_size, num_workers=0, args=args
+            )
+            model = run.DAGERC_fushion(args, len(label_vocab["itos"]))
+            loss_f = nn.CrossEntropyLoss(ignore_index=-1)
+            opt = run.AdamW(model.parameters(), lr=args.lr)
+
+        def step(loader: Any, epoch: int, train: bool = False) -> tuple[float, float]:
+            out = run.train_or_eval_model(model, loss_f, loader, epoch, False, args, opt if train else None, train)
+            return out[0], out[4]
+
+        return GraphScriptRun(step, {"train": train, "valid": valid, "test": test})
+
+
 REFERENCES: dict[str, type[Reference]] = {
     "dialoguegcn": DialogueGCNReference,
     "mmgcn": MMGCNReference,
     "mmdfn": MMDFNReference,
     "cogmen": CogmenReference,
+    "dagerc": DagErcReference,
 }
 
 
@@ -955,6 +1142,11 @@ def reference_seed(reference: Reference, seed: int, epochs: int) -> dict[str, An
         out["authors_stop_epoch"] = window
     if isinstance(run, CogmenRun):
         out["own_best_dev_epoch"] = own_best
+    if reference.name == "dagerc":
+        # run.py sorts the epochs by (dev, test) F1, descending: a tie on dev goes to the higher test F1.
+        own = max(range(len(valid_f1)), key=lambda e: (valid_f1[e], test_f1[e]))
+        out["own_best_dev_epoch"] = own + 1
+        out["test_at_own_best_dev"] = test_f1[own]
     return out
 
 
