@@ -189,6 +189,16 @@ DATA = [
 ]
 CASES += [Case(f"data.{o}", _train(f"data.{o}"), f) for o, f in DATA]
 
+# -- 3b. plug-in sections (checked before data loads, like the core sections) ------------------------
+PLUGIN = [
+    ("curriculum.buckets=0", "curriculum.buckets must be a positive integer"),
+    ("curriculum.buckets=2.5", "curriculum.buckets must be a positive integer"),
+    ("curriculum.buckets=abc", "curriculum.buckets must be a positive integer"),
+    ("curriculum.strategy=easy-first", "curriculum strategy"),
+    ("curriculum.pace=2", "unknown curriculum option(s) pace"),
+]
+CASES += [Case(o, _train(o), f) for o, f in PLUGIN]
+
 # -- 4. override syntax ------------------------------------------------------------------------------
 CASES += [
     Case(

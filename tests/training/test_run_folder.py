@@ -277,3 +277,18 @@ def test_suspicious_data_is_warned_about(tmp_path, caplog) -> None:
         assert main(train_argv(tmp_path / "ds", tmp_path / "run")) == 0
     assert "class(es) c2 have no training utterance" in caplog.text
     assert "audio features are the same for every training utterance" in caplog.text
+
+
+def test_plugin_sections_are_checked_before_any_data_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad plug-in option fails in resolve_recipe, before the dataset is read."""
+    from merc.errors import ConfigError
+    from merc.training import runner
+
+    def no_data(*args: object, **kwargs: object) -> None:
+        raise AssertionError("data was loaded before the recipe was checked")
+
+    monkeypatch.setattr(runner, "prepare_dataset", no_data)
+    with pytest.raises(ConfigError, match="curriculum.buckets must be a positive integer"):
+        runner.resolve_recipe("multidag", "iemocap6", ["curriculum.strategy=emotion-shift", "curriculum.buckets=0"])
+    recipe = runner.resolve_recipe("multidag", "iemocap6", ["curriculum.strategy=emotion-shift"])
+    assert recipe["curriculum"]["buckets"] == 5  # the dataset's default, filled before the check

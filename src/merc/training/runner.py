@@ -32,7 +32,7 @@ from merc.evaluation.metrics import HEADLINE_METRICS
 from merc.models.base import MercModel
 from merc.models.registry import build_model, check_model_arguments
 from merc.training.data_checks import DataOptions, check_trainable
-from merc.training.plugins.registry import build_plugins, fill_dataset_defaults
+from merc.training.plugins.registry import build_plugins, check_plugin_sections, fill_dataset_defaults
 from merc.training.run_folder import (
     FINGERPRINT_FILE,
     RunLock,
@@ -130,6 +130,7 @@ def resolve_recipe(
     recipe["model"] = check_model_arguments(model, recipe.get("model") or {})
     check_model_ranges(recipe["model"])
     DataOptions.from_recipe(recipe)
+    check_plugin_sections(recipe)
     return recipe
 
 

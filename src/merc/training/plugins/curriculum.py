@@ -187,6 +187,37 @@ class EmotionShiftCurriculum(TrainerPlugin):
         self.last_epoch = int(state.get("last_epoch", -1))
 
 
+def check_curriculum(section: dict[str, Any]) -> tuple[str, int | None]:
+    """The ``curriculum:`` section's strategy and bucket count, checked (no data needed).
+
+    Returns:
+        ``(strategy, buckets)``; ``buckets`` is ``None`` when the section leaves it unset.
+
+    Raises:
+        ConfigError: An unknown key, an unknown strategy, or buckets that are not a
+            positive integer.
+    """
+    unknown = sorted(set(section) - {"strategy", "buckets"})
+    if unknown:
+        raise ConfigError(f"unknown curriculum option(s) {', '.join(unknown)}; valid: strategy, buckets")
+    strategy = resolve_choice("curriculum strategy", str(section.get("strategy", "emotion-shift")), STRATEGIES)
+    if "buckets" not in section:
+        return strategy, None
+    raw = section["buckets"]
+    if isinstance(raw, str):
+        try:
+            raw = float(raw) if any(c in raw for c in ".eE") else int(raw)
+        except ValueError:
+            pass
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not float(raw).is_integer() or raw < 1:
+        raise ConfigError(f"curriculum.buckets must be a positive integer, got {section['buckets']!r}")
+    return strategy, int(raw)
+
+
+def _check_curriculum_section(section: dict[str, Any]) -> None:
+    check_curriculum(section)
+
+
 @register_plugin(
     "curriculum",
     help="curriculum plug-in (MultiDAG+CL): emotion-shift difficulty, baby-step buckets",
@@ -201,31 +232,33 @@ class EmotionShiftCurriculum(TrainerPlugin):
             "curriculum buckets (default: the dataset's, 5 for IEMOCAP, 12 for MELD: MultiDAG+CL Table 4)",
         ),
     ),
+    check=_check_curriculum_section,
 )
 def build_curriculum(section: dict[str, Any], dataset: MercDataset) -> EmotionShiftCurriculum | None:
     """Build the curriculum from a recipe's ``curriculum:`` section (``None`` when off).
 
     Keys: ``strategy`` (``emotion-shift``, default, or ``none``) and ``buckets`` (required;
-    MultiDAG+CL Table 4: 5 for IEMOCAP, 12 for MELD). Difficulties are computed from
-    ``dataset.splits["train"]``, the order of the trainer's training dialogues.
+    MultiDAG+CL Table 4: 5 for IEMOCAP, 12 for MELD), checked by :func:`check_curriculum`.
+    Difficulties are computed from ``dataset.splits["train"]``, the order of the
+    trainer's training dialogues.
     """
-    unknown = sorted(set(section) - {"strategy", "buckets"})
-    if unknown:
-        raise ConfigError(f"unknown curriculum option(s) {', '.join(unknown)}; valid: strategy, buckets")
-    strategy = resolve_choice("curriculum strategy", str(section.get("strategy", "emotion-shift")), STRATEGIES)
+    strategy, buckets = check_curriculum(section)
     if strategy == "none":
         return None
-    if "buckets" not in section:
+    if buckets is None:
         raise ConfigError(
             f"curriculum.buckets is required for dataset {dataset.name!r} (it has no default; MultiDAG+CL "
             "Table 4: 5 for IEMOCAP, 12 for MELD): pass --buckets K or curriculum.buckets=K"
         )
-    raw = section["buckets"]
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or int(raw) != raw or int(raw) < 1:
-        raise ConfigError(f"curriculum.buckets must be a positive integer, got {raw!r}")
     train = dataset.splits.get("train", [])
     difficulties = [emotion_shift_difficulty(c.labels, c.speakers) for c in train]
-    return EmotionShiftCurriculum(difficulties, int(raw))
+    return EmotionShiftCurriculum(difficulties, buckets)
 
 
-__all__ = ["EmotionShiftCurriculum", "build_curriculum", "difficulty_buckets", "emotion_shift_difficulty"]
+__all__ = [
+    "EmotionShiftCurriculum",
+    "build_curriculum",
+    "check_curriculum",
+    "difficulty_buckets",
+    "emotion_shift_difficulty",
+]

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from merc.training.plugins.base import TrainerPlugin
 
 PluginBuilder = Callable[[dict[str, Any], "MercDataset"], "TrainerPlugin | None"]
+#: Checks a plug-in section's options without data (raises :class:`~merc.errors.ConfigError`).
+PluginCheck = Callable[[dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,9 @@ class PluginSpec:
         choices: Values of the own switch.
         options: Further flags setting single keys.
         group: Name of a shared flag (``"balance"``) whose value selects this plug-in.
+        check: Validates the section's options (types, ranges, choices, unknown keys)
+            before any data loads (:func:`check_plugin_sections`); the builder runs the
+            same check, so a plug-in states its constraints once.
     """
 
     section: str
@@ -70,6 +75,7 @@ class PluginSpec:
     choices: tuple[str, ...] = ()
     options: tuple[PluginOption, ...] = ()
     group: str | None = None
+    check: PluginCheck | None = None
 
 
 _PLUGINS: dict[str, PluginSpec] = {}
@@ -84,6 +90,7 @@ def register_plugin(
     choices: tuple[str, ...] = (),
     options: tuple[PluginOption, ...] = (),
     group: str | None = None,
+    check: PluginCheck | None = None,
 ) -> Callable[[PluginBuilder], PluginBuilder]:
     """Register a builder for a recipe section (arguments: :class:`PluginSpec`)."""
 
@@ -92,7 +99,9 @@ def register_plugin(
             raise ValueError(f"plug-in section {section!r} registered twice")
         if section in ("model", "training", "data"):
             raise ValueError(f"{section!r} is a core recipe section, not a plug-in")
-        _PLUGINS[section] = PluginSpec(section, fn, help, switch, switch_key, tuple(choices), tuple(options), group)
+        _PLUGINS[section] = PluginSpec(
+            section, fn, help, switch, switch_key, tuple(choices), tuple(options), group, check
+        )
         return fn
 
     return deco
@@ -177,15 +186,34 @@ def fill_dataset_defaults(recipe: dict[str, Any], defaults: Mapping[str, Mapping
     return recipe
 
 
+def _section(recipe: Mapping[str, Any], spec: PluginSpec) -> dict[str, Any] | None:
+    cfg = recipe.get(spec.section)
+    if not cfg:
+        return None
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(f"recipe section {spec.section!r} must be a mapping of options, got {cfg!r}")
+    return dict(cfg)
+
+
+def check_plugin_sections(recipe: Mapping[str, Any]) -> None:
+    """Check every plug-in section of ``recipe`` with its plug-in's ``check``, before data loads.
+
+    Raises:
+        ConfigError: A section that is not a mapping, or an option its plug-in refuses.
+    """
+    for spec in plugin_specs():
+        cfg = _section(recipe, spec)
+        if cfg is not None and spec.check is not None:
+            spec.check(cfg)
+
+
 def build_plugins(recipe: Mapping[str, Any], dataset: MercDataset) -> list[TrainerPlugin]:
     """One plug-in per recipe section that has a registered builder (and does not turn it off)."""
     plugins = []
     for spec in plugin_specs():
-        cfg = recipe.get(spec.section)
-        if cfg:
-            if not isinstance(cfg, Mapping):
-                raise ConfigError(f"recipe section {spec.section!r} must be a mapping of options, got {cfg!r}")
-            plugin = spec.build(dict(cfg), dataset)
+        cfg = _section(recipe, spec)
+        if cfg is not None:
+            plugin = spec.build(cfg, dataset)
             if plugin is not None:
                 plugins.append(plugin)
     return plugins
@@ -195,7 +223,9 @@ __all__ = [
     "PluginBuilder",
     "PluginOption",
     "PluginSpec",
+    "PluginCheck",
     "build_plugins",
+    "check_plugin_sections",
     "fill_dataset_defaults",
     "plugin_groups",
     "plugin_sections",
