@@ -27,6 +27,7 @@ from safetensors.numpy import load_file, save_file
 from bad_input_env import (
     Env,
     Shared,
+    both,
     build_shared,
     edit_metadata,
     edit_record,
@@ -37,6 +38,7 @@ from bad_input_env import (
     truncate,
     write_bytes,
 )
+from merc.cli import main
 
 
 @dataclass(frozen=True)
@@ -242,7 +244,9 @@ CASES += [
     Case("no command", _argv(), "required: command"),
     Case("unknown command", _argv("trian"), "invalid choice: 'trian'"),
     Case("evaluate without folder", _argv("evaluate"), "required: run_dir"),
-    Case("datasets with junk", _argv("datasets", "x=1"), "unrecognized arguments: x=1"),
+    Case("datasets with junk", _argv("datasets", "synthetic", "x=1"), "unrecognized arguments: x=1"),
+    Case("datasets of an unknown name", _argv("datasets", "x=1"), "unknown dataset 'x=1'"),
+    Case("datasets of a missing folder", _argv("datasets", "{tmp}/none/"), "dataset path not found"),
     Case(
         "dataset path missing",
         _argv("train", "--model", "bclstm", "--dataset", "{tmp}/none/", "--out", "{out}"),
@@ -579,6 +583,22 @@ CASES += [
 
 
 # -- 11. merc evaluate -------------------------------------------------------------------------------
+def _argv_run(command: str, mutate: Callable[[Path], None]) -> Callable[[Env], list[str]]:
+    """``merc <command> RUN --out ...`` on a copy of the shared run changed by ``mutate``."""
+    return lambda env: [command, str(env.run(mutate)), "--out", str(env.tmp / "model.merc")]
+
+
+def _predict_run_mutated(mutate: Callable[[Path], None]) -> Callable[[Env], list[str]]:
+    return lambda env: [
+        "predict",
+        str(env.run(mutate)),
+        "--input",
+        str(env.dataset()),
+        "--out",
+        str(env.tmp / "pred.jsonl"),
+    ]
+
+
 def _evaluate(mutate: Callable[[Path], None] | None = None, *extra: str) -> Callable[[Env], list[str]]:
     def build(env: Env) -> list[str]:
         return ["evaluate", str(env.run(mutate)), *extra]
@@ -653,6 +673,176 @@ CASES += [
     ),
     Case("evaluate: fingerprint corrupt", _evaluate(write_bytes("fingerprint.json", b"[")), "fingerprint.json"),
     Case("evaluate --device tpu", _evaluate(None, "--device", "tpu"), "--device='tpu'"),
+]
+
+
+# -- 12. merc bundle / merc predict ------------------------------------------------------------------
+def _bundle(change: Callable[[dict], None] | None = None) -> Callable[[Env], Path]:
+    """A bundle of the shared run (its manifest changed by ``change``), written before the snapshot."""
+
+    def build(env: Env) -> Path:
+        import json
+
+        from safetensors import safe_open
+        from safetensors.torch import save_file as save_torch
+
+        path = env.tmp / "model.merc"
+        assert main(["bundle", str(env.run()), "--out", str(path)]) == 0
+        if change is not None:
+            with safe_open(str(path), "pt") as fh:
+                manifest = json.loads(fh.metadata()["merc_bundle"])
+                tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+            change(manifest)
+            save_torch(tensors, str(path), metadata={"merc_bundle": json.dumps(manifest)})
+        return path
+
+    return build
+
+
+def _predict(
+    source: Callable[[Env], Path] | None = None, write: tuple[str, str] | None = None, *extra: str
+) -> Callable[[Env], list[str]]:
+    """``merc predict`` of ``source`` (default: the shared run) on the dataset, or on a file ``write = (name, text)``."""
+
+    def build(env: Env) -> list[str]:
+        model = source(env) if source is not None else env.run()
+        if write is not None:
+            (env.tmp / write[0]).write_text(write[1])
+            data = env.tmp / write[0]
+        else:
+            data = env.dataset()
+        return ["predict", str(model), "--input", str(data), "--out", str(env.tmp / "pred.jsonl"), *extra]
+
+    return build
+
+
+def _predict_on(mutate: Callable[[Path], None], *extra: str) -> Callable[[Env], list[str]]:
+    return lambda env: [
+        "predict",
+        str(env.run()),
+        "--input",
+        str(env.dataset(mutate)),
+        "--out",
+        str(env.tmp / "pred.jsonl"),
+        *extra,
+    ]
+
+
+def _file(name: str, data: bytes) -> Callable[[Env], Path]:
+    def build(env: Env) -> Path:
+        (env.tmp / name).write_bytes(data)
+        return env.tmp / name
+
+    return build
+
+
+_CSV = "dialogue_id,speaker,text\nd1,s0,hello\n"
+CASES += [
+    Case("bundle: no finished seed", _argv_run("bundle", remove("seed_0/metrics.json")), "has no finished seed"),
+    Case(
+        "bundle: unknown seed",
+        lambda env: ["bundle", str(env.run()), "--out", str(env.tmp / "m"), "--seed", "7"],
+        "--seed 7: ",
+    ),
+    Case(
+        "bundle: not a run",
+        lambda env: ["bundle", str(env.dataset()), "--out", str(env.tmp / "m")],
+        "not a merc run folder",
+    ),
+    Case("bundle: weights truncated", _argv_run("bundle", truncate("seed_0/best.pt")), "truncated or corrupt"),
+    Case(
+        "bundle: --out a foreign file",
+        lambda env: ["bundle", str(env.run()), "--out", str(env.dataset() / "metadata.json")],
+        "exists and is not a merc bundle",
+    ),
+    Case("predict: bundle random bytes", _predict(_file("m.merc", _RANDOM_BYTES)), "not a merc bundle"),
+    Case("predict: bundle empty", _predict(_file("m.merc", b"")), "not a merc bundle"),
+    Case("predict: bundle a pickle", _predict(_file("m.merc", pickle.dumps(_Evil()))), "not a merc bundle"),
+    Case(
+        "predict: foreign safetensors",
+        _predict(lambda env: env.dataset() / "features" / "a.safetensors"),
+        "without a merc manifest",
+    ),
+    Case("predict: bundle version 2", _predict(_bundle(_set("version", 2))), "merc bundle version 2"),
+    Case("predict: bundle of another format", _predict(_bundle(_set("format", "x"))), "not a merc bundle"),
+    Case(
+        "predict: bundle label names disagree",
+        _predict(_bundle(_set("label_names", ["a", "b"]))),
+        "2 label names for a model of 3 classes",
+    ),
+    Case(
+        "predict: bundle of an unknown model",
+        _predict(_bundle(lambda m: m["model"].update(name="nope"))),
+        "unknown model 'nope'",
+    ),
+    Case(
+        "predict: bundle dims disagree",
+        _predict(_bundle(lambda m: m["model"]["in_dims"].update(t=13))),
+        "features['t'] is 12-d, the model's input 13-d",
+    ),
+    Case("predict: --seed for a bundle", _predict(_bundle(), None, "--seed", "3"), "holds seed 0 only"),
+    Case("predict: run without finished seed", _predict_run_mutated(remove("seed_0/best.pt")), "has no finished seed"),
+    Case(
+        "predict: --out .txt",
+        lambda env: ["predict", str(env.run()), "--input", str(env.dataset()), "--out", str(env.tmp / "p.txt")],
+        "must end in .jsonl or .csv",
+    ),
+    Case(
+        "predict: input missing",
+        lambda env: ["predict", str(env.run()), "--input", str(env.tmp / "x.csv"), "--out", str(env.tmp / "p.jsonl")],
+        "not found",
+    ),
+    Case("predict: input .xlsx", _predict(None, ("in.xlsx", "x")), "unknown format .xlsx"),
+    Case(
+        "predict: csv without speaker",
+        _predict(None, ("in.csv", "dialogue_id,text\nd,hi\n")),
+        "missing field(s) speaker",
+    ),
+    Case("predict: csv empty", _predict(None, ("in.csv", "")), "no utterances"),
+    Case("predict: csv header only", _predict(None, ("in.csv", "dialogue_id,speaker,text\n")), "no utterances"),
+    Case(
+        "predict: csv empty dialogue id",
+        _predict(None, ("in.csv", "dialogue_id,speaker,text\n,s0,hi\n")),
+        "'dialogue_id' must be a non-empty string",
+    ),
+    Case(
+        "predict: csv bad utterance_index",
+        _predict(None, ("in.csv", "dialogue_id,speaker,text,utterance_index\nd,s0,hi,first\n")),
+        "utterance_index must be an integer",
+    ),
+    Case(
+        "predict: csv utterance_index repeats",
+        _predict(None, ("in.csv", "dialogue_id,speaker,text,utterance_index\nd,s0,hi,1\nd,s1,yo,1\n")),
+        "utterance_index 1 repeats",
+    ),
+    Case(
+        "predict: csv unknown label",
+        _predict(None, ("in.csv", "dialogue_id,speaker,text,label\nd,s0,hi,joy\n")),
+        "label 'joy' is not one of the model's labels",
+    ),
+    Case("predict: jsonl bad JSON", _predict(None, ("in.jsonl", '{"dialogue_id": \n')), "in.jsonl:1: bad JSON"),
+    Case("predict: jsonl a list", _predict(None, ("in.jsonl", "[1]\n")), "expected a JSON object per utterance"),
+    Case("predict: txt without speaker", _predict(None, ("in.txt", "hello there\n")), "expected 'SPEAKER: text'"),
+    Case("predict: text into a provided-features model", _predict(None, ("in.csv", _CSV)), "nothing to predict from"),
+    Case(
+        "predict: native NaN features",
+        _predict_on(_features("t", lambda d: d["test-d1"].__setitem__((0, 0), np.nan))),
+        "contain NaN or inf",
+    ),
+    Case(
+        "predict: native features of other dims",
+        _predict_on(
+            both(
+                _features("a", lambda d: d.update({k: np.zeros((len(v), 5), np.float32) for k, v in d.items()})),
+                edit_metadata(lambda m: m["dims"].update(a=5)),
+            )
+        ),
+        "its audio features are 5-d, the model was trained on 6-d",
+    ),
+    Case("predict: --split dev", _predict(None, None, "--split", "dev"), "--split 'dev' is not one of"),
+    Case("predict: --split of a csv", _predict(None, ("in.csv", _CSV), "--split", "test"), "only a native dataset"),
+    Case("predict: --batch-size 0", _predict(None, None, "--batch-size", "0"), "--batch-size 0"),
+    Case("predict: --device tpu", _predict(None, None, "--device", "tpu"), "--device='tpu'"),
 ]
 
 if not torch.cuda.is_available():

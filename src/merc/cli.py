@@ -1,7 +1,7 @@
 """The ``merc`` command.
 
-``merc train``, ``merc evaluate``, ``merc datasets``, ``merc models``, ``merc extract``,
-``merc export`` and ``merc demo``.
+``merc train``, ``merc evaluate``, ``merc bundle``, ``merc predict``, ``merc datasets``,
+``merc models``, ``merc extract``, ``merc export``, ``merc robustness`` and ``merc demo``.
 
 :func:`main` is the one error boundary. Every expected failure (a bad argument or recipe
 value, a missing, corrupt or foreign file, a run folder in use or holding another run, an
@@ -86,13 +86,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     _add_data_root(p)
 
-    p = sub.add_parser("datasets", help="list datasets with dialogues, utterances and classes per split")
+    p = sub.add_parser("bundle", help="write one seed of a finished run as a self-contained model bundle")
+    p.add_argument("run_dir", help="run folder (the --out of merc train)")
+    p.add_argument("--out", required=True, help="bundle file (e.g. model.merc), or a folder: DIR/ or an existing one")
+    p.add_argument("--seed", type=int, default=None, help="which seed (default: the best on validation)")
+    _add_data_root(p)
+
+    p = sub.add_parser(
+        "predict",
+        help="predict the emotion of every utterance of new conversations",
+        description=(
+            "Predict with a run folder or a bundle. --input: a native dataset folder, or a .csv / .jsonl "
+            "with the fields dialogue_id, speaker, text (optional: utterance_index, utterance_id, label), or a "
+            ".txt transcript of 'SPEAKER: text' lines (a blank line between dialogues). --out: .jsonl or .csv, "
+            "one row per utterance."
+        ),
+    )
+    p.add_argument("model", help="run folder (merc train --out) or bundle (merc bundle --out)")
+    p.add_argument("--input", required=True, help="conversations: native folder, .csv, .jsonl or .txt")
+    p.add_argument("--out", required=True, help="predictions file: .jsonl or .csv")
+    p.add_argument("--seed", type=int, default=None, help="run folder only: which seed (default: best on validation)")
+    p.add_argument("--split", default=None, help="native folder only: predict this split alone")
+    p.add_argument(
+        "--unknown-speakers",
+        default="map",
+        choices=["map", "refuse"],
+        help="for models with global speaker ids: map speakers unseen in training to training speakers by "
+        "order of appearance (default), or refuse them",
+    )
+    p.add_argument("--batch-size", type=int, default=64, help="dialogues per batch (default 64)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_data_root(p)
+
+    p = sub.add_parser("datasets", help="list datasets, or show one (a registered name or your folder)")
+    p.add_argument("dataset", nargs="?", default=None, help="a registered name or a dataset folder / file")
     p.add_argument("--json", action="store_true")
     _add_data_root(p)
 
     sub.add_parser("models", help="list registered models")
 
-    p = sub.add_parser("extract", help="compute and cache text features of a dataset")
+    p = sub.add_parser(
+        "extract",
+        help="compute and cache text features of a dataset (a native folder: written into features/t.safetensors)",
+    )
     p.add_argument("--dataset", required=True)
     p.add_argument("--encoder", default=None, help="sentence encoder (default all-MiniLM-L6-v2, offline)")
     _add_data_root(p)
@@ -200,7 +237,51 @@ def dataset_rows(data_root: str | None) -> list[dict[str, Any]]:
     return rows
 
 
+def dataset_detail(name: str, data_root: str | None) -> dict[str, Any]:
+    """One dataset as ``merc datasets NAME_OR_PATH`` shows it: splits, class counts, modalities, dims."""
+    from merc.data.registry import get_dataset_spec, is_dataset_path, load_dataset
+
+    annotations = name if is_dataset_path(name) else (get_dataset_spec(name).annotations_of or name)
+    ds = load_dataset(annotations, data_root=data_root, validate=False)
+    texts = all(c.texts is not None for c in ds.conversations())
+    modalities = {m: {"dim": d, "source": "features file"} for m, d in ds.dims.items()}
+    if "t" not in modalities and texts:
+        modalities["t"] = {"dim": None, "source": "computed from the texts on first use (merc extract does it now)"}
+    return {
+        "name": ds.name,
+        "path": name if is_dataset_path(name) else None,
+        "description": ds.description,
+        "label_names": ds.label_names,
+        "speakers": ds.num_speakers,
+        "max_parties": ds.max_parties,
+        "transcripts": texts,
+        "modalities": {m: modalities[m] for m in ("t", "a", "v") if m in modalities},
+        "splits": ds.summary(),
+    }
+
+
 def cmd_datasets(args: argparse.Namespace) -> int:
+    if args.dataset is not None:
+        detail = dataset_detail(args.dataset, args.data_root)
+        if args.json:
+            print(json.dumps(detail, indent=2))
+        else:
+            from rich.console import Console
+
+            from merc.evaluation.report import dataset_detail_table
+
+            console = Console(width=max(Console().width, 100))
+            console.print(dataset_detail_table(detail))
+            for m, info in detail["modalities"].items():
+                dim = f"{info['dim']}-d, " if info["dim"] else ""
+                console.print(f"modality {m}: {dim}{info['source']}")
+            if not detail["modalities"]:
+                console.print("no modality: give texts (merc computes text features) or features/<m>.safetensors")
+            console.print(
+                f"speakers: {detail['speakers']} (at most {detail['max_parties']} per dialogue); "
+                f"transcripts: {'yes' if detail['transcripts'] else 'no'}"
+            )
+        return 0
     rows = dataset_rows(args.data_root)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -223,11 +304,73 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from merc.data.registry import load_dataset
+    from merc.data.registry import attach_text_features, load_dataset
 
+    folder = Path(args.dataset)
+    if folder.is_dir() and (folder / "metadata.json").is_file():
+        from merc.data.formats.native import add_features
+        from merc.data.registry import read_dataset_path
+        from merc.features.spec import feature_specs
+
+        ds = read_dataset_path(folder)
+        if "t" in ds.modalities:
+            print(f"{folder}: already has text features ({ds.dims['t']}-d, {folder / 'features' / 't.safetensors'})")
+            return 0
+        attach_text_features(ds, text_encoder=args.encoder)
+        path = add_features(folder, "t", {c.id: c.features["t"] for c in ds.conversations()}, feature_specs(ds)["t"])
+        n = sum(len(c) for c in ds.conversations())
+        print(f"wrote {ds.dims['t']}-d text features of {n} utterances to {path} (metadata.json now lists 't')")
+        return 0
     ds = load_dataset(args.dataset, modalities="t", data_root=args.data_root, text_encoder=args.encoder)
+    from merc.features.text import cache_dir
+
     print(
-        f"{args.dataset}: text features {ds.dims['t']}-d for {sum(len(c) for c in ds.conversations())} utterances (cached)"
+        f"{args.dataset}: text features {ds.dims['t']}-d for {sum(len(c) for c in ds.conversations())} utterances "
+        f"(cached in {cache_dir()})"
+    )
+    return 0
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from merc.inference.bundle import bundle_from_run, describe_bundle, save_bundle
+
+    bundle = bundle_from_run(args.run_dir, seed=args.seed, data_root=args.data_root)
+    path = save_bundle(bundle, args.out)
+    print(f"wrote {path}: {describe_bundle(bundle)}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from merc.errors import ConfigError
+    from merc.inference.bundle import describe_bundle, load_model_source
+    from merc.inference.inputs import read_input
+    from merc.inference.predict import output_format, predict, write_predictions
+    from merc.training.trainer import check_device
+
+    output_format(args.out)
+    device = check_device(args.device, "--device")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size {args.batch_size}: expected an integer >= 1")
+    bundle = load_model_source(args.model, seed=args.seed, data_root=args.data_root)
+    data = read_input(args.input, split=args.split)
+    result = predict(
+        bundle,
+        data,
+        batch_size=args.batch_size,
+        device=device,
+        unknown_speakers=args.unknown_speakers,
+        show_progress=not args.quiet,
+    )
+    for line in result.warnings:
+        print(f"merc: warning: {line}", file=sys.stderr)
+    path = write_predictions(result, bundle.label_names, args.out)
+    counts = Counter(r["label"] for r in result.rows)
+    print(f"model: {describe_bundle(bundle)}")
+    print(
+        f"wrote {len(result.rows)} predictions ({len(data.conversations)} dialogues) to {path}: "
+        + ", ".join(f"{name} {counts[name]}" for name in bundle.label_names if counts[name])
     )
     return 0
 
@@ -283,6 +426,8 @@ COMMANDS = {
     "robustness": cmd_robustness,
     "train": cmd_train,
     "evaluate": cmd_evaluate,
+    "bundle": cmd_bundle,
+    "predict": cmd_predict,
     "datasets": cmd_datasets,
     "models": cmd_models,
     "extract": cmd_extract,

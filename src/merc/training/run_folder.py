@@ -57,7 +57,22 @@ NON_RESULT_TRAINING_KEYS = ("device", "num_threads", "show_progress")
 #: ``data`` keys merc writes itself (bookkeeping), not recipe options.
 RECORDED_DATA_KEYS = ("recipe_file", "recipe_base", "dataset", "dataset_arg", "modalities", "seeds", "model_name")
 #: Names merc writes into a run folder; ``--overwrite`` removes only a folder made of these.
-RUN_FOLDER_NAMES = ("config.yaml", FINGERPRINT_FILE, "results.json", "evaluation.json", LOCK_FILE)
+#: What the model's inputs were: the dataset facts the model was built for (label names,
+#: speaker vocabulary, parties, dims), how each modality's features were made
+#: (:mod:`merc.features.spec`) and whether they were standardised; written before the
+#: first epoch. ``merc bundle`` / ``merc predict`` read it.
+INPUTS_FILE = "inputs.json"
+#: Per-modality mean and std of the training split (``<m>.mean``, ``<m>.std``, float32 ``[d_m]``).
+STATISTICS_FILE = "standardization.safetensors"
+RUN_FOLDER_NAMES = (
+    "config.yaml",
+    FINGERPRINT_FILE,
+    "results.json",
+    "evaluation.json",
+    INPUTS_FILE,
+    STATISTICS_FILE,
+    LOCK_FILE,
+)
 
 
 # -- atomic writes ---------------------------------------------------------------------------------
@@ -479,6 +494,82 @@ def read_fingerprint(out: Path) -> dict[str, Any] | None:
     return data
 
 
+# -- the input record ------------------------------------------------------------------------------
+def input_record(
+    dataset: MercDataset, specs: Mapping[str, Mapping[str, Any]], standardize: bool, eps: float
+) -> dict[str, Any]:
+    """The content of ``inputs.json`` for a run on ``dataset`` (see :data:`INPUTS_FILE`)."""
+    return {
+        "version": 1,
+        "dataset": {
+            "name": dataset.name,
+            "label_names": list(dataset.label_names),
+            "speaker_vocab": list(dataset.speaker_vocab),
+            "num_parties": dataset.max_parties,
+            "dims": dataset.dims,
+        },
+        "modalities": list(dataset.modalities),
+        "specs": {m: dict(v) for m, v in specs.items()},
+        "standardize": standardize,
+        "eps": eps,
+    }
+
+
+def write_input_record(
+    out: Path, record: Mapping[str, Any], statistics: Mapping[str, tuple[np.ndarray, np.ndarray]] | None
+) -> None:
+    """Write ``inputs.json`` (and ``standardization.safetensors`` when standardised) into ``out``.
+
+    What ``merc bundle`` / ``merc predict`` need to make new inputs look like the
+    training inputs: the dataset facts, per modality how its features were made, and
+    the training split's mean and std the model's inputs were z-scored with.
+
+    Args:
+        out: The run folder.
+        record: :func:`input_record`.
+        statistics: ``{modality: (mean [d], std [d])}``; ``None`` when the run does not
+            standardise (``data.standardize=false``).
+    """
+    from safetensors.numpy import save as save_safetensors
+
+    if statistics is not None:
+        tensors = {}
+        for m, (mean, std) in statistics.items():
+            tensors[f"{m}.mean"] = np.ascontiguousarray(mean, dtype=np.float32)
+            tensors[f"{m}.std"] = np.ascontiguousarray(std, dtype=np.float32)
+        atomic_write_bytes(out / STATISTICS_FILE, save_safetensors(tensors, metadata={"format": "merc-statistics"}))
+    atomic_write_json(out / INPUTS_FILE, record)
+
+
+def read_input_record(out: Path) -> tuple[dict[str, Any], dict[str, tuple[np.ndarray, np.ndarray]] | None] | None:
+    """``(features.json content, statistics or None)`` of a run folder; ``None`` if it has no record.
+
+    Raises:
+        RunFolderError: The record is unreadable or incomplete (say so, and how to redo it).
+    """
+    from safetensors.numpy import load as load_safetensors
+
+    path = out / INPUTS_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_bytes().decode("utf-8"))
+        if not isinstance(record, dict) or record.get("version") != 1 or not isinstance(record.get("specs"), dict):
+            raise ValueError("not a merc input record (version 1)")
+        statistics = None
+        if record.get("standardize"):
+            tensors = load_safetensors((out / STATISTICS_FILE).read_bytes())
+            statistics = {m: (tensors[f"{m}.mean"], tensors[f"{m}.std"]) for m in record["specs"]}
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # the safetensors reader's panics derive from BaseException
+        raise RunFolderError(
+            f"{path} or {STATISTICS_FILE} is unreadable ({_first_line(exc)}); rerun the same `merc train` "
+            "command to rewrite it"
+        ) from None
+    return record, statistics
+
+
 @contextlib.contextmanager
 def removed_if_left_empty(out: Path, created: bool) -> Iterator[None]:
     """Remove ``out`` again when this call created it and fails before writing into it."""
@@ -494,7 +585,9 @@ def removed_if_left_empty(out: Path, created: bool) -> Iterator[None]:
 
 
 __all__ = [
+    "INPUTS_FILE",
     "FINGERPRINT_FILE",
+    "STATISTICS_FILE",
     "LOCK_FILE",
     "RunLock",
     "atomic_torch_save",
@@ -508,9 +601,12 @@ __all__ = [
     "is_run_folder",
     "load_torch_file",
     "prepare_out_dir",
+    "input_record",
+    "read_input_record",
     "read_fingerprint",
     "remove_stale_temporaries",
     "removed_if_left_empty",
     "result_config",
     "run_fingerprint",
+    "write_input_record",
 ]

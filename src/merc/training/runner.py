@@ -25,10 +25,11 @@ from merc.config import apply_overrides, check_model_ranges, load_recipe, load_y
 from merc.data.batching import ConversationTensors, to_tensors
 from merc.data.registry import dataset_recipe_defaults, load_dataset
 from merc.data.schema import MercDataset, class_weights, parse_modalities
-from merc.data.transforms import standardize_features
+from merc.data.transforms import STANDARDIZE_EPS, feature_statistics, standardize_features
 from merc.errors import CheckpointError, ConfigError, MercError, RunFolderError
 from merc.evaluation.aggregate import aggregate_seeds
 from merc.evaluation.metrics import HEADLINE_METRICS
+from merc.features.spec import feature_specs
 from merc.models.base import MercModel
 from merc.models.registry import build_model, check_model_arguments
 from merc.training.data_checks import DataOptions, check_trainable
@@ -39,14 +40,17 @@ from merc.training.run_folder import (
     atomic_write_json,
     clear_run_folder,
     fingerprint_differences,
+    input_record,
     is_run_folder,
     load_torch_file,
     prepare_out_dir,
     read_fingerprint,
+    read_input_record,
     remove_stale_temporaries,
     removed_if_left_empty,
     result_config,
     run_fingerprint,
+    write_input_record,
 )
 from merc.training.trainer import (
     BEST_WEIGHTS,
@@ -108,8 +112,14 @@ def prepare_dataset(
         else dataset.with_modalities(modalities)
     )
     if standardizes(recipe):
-        data = standardize_features(data)
+        data = standardize_features(data, statistics=training_statistics(data))
     return data
+
+
+def training_statistics(dataset: MercDataset) -> dict[str, tuple[Any, Any]]:
+    """``{modality: (mean [d], std [d])}`` of the training split, as standardisation uses them
+    (:func:`merc.data.transforms.feature_statistics`; recorded in the run folder)."""
+    return {m: feature_statistics(dataset, m, "train") for m in dataset.modalities}
 
 
 def standardizes(recipe: dict[str, Any]) -> bool:
@@ -154,6 +164,7 @@ def train_one_seed(
     seed_everything(seed)
     model = model_for(dataset, model_name, dict(recipe.get("model", {})))
     plugins = build_plugins(recipe, dataset)
+    start = time.perf_counter()
     trainer = Trainer(
         model,
         tensors,
@@ -175,6 +186,9 @@ def train_one_seed(
         "valid": valid,
         "test": test,
         "epoch_seconds": trainer.epoch_seconds,
+        # This run's wall time plus the epochs an earlier, interrupted run trained.
+        "seconds": time.perf_counter() - start + sum(trainer.epoch_seconds[: trainer.resumed_at_epoch]),
+        "resumed_at_epoch": trainer.resumed_at_epoch,
         "num_parameters": sum(p.numel() for p in model.parameters()),
     }
     if seed_dir is not None:
@@ -183,14 +197,48 @@ def train_one_seed(
     return result
 
 
-def summarise(per_seed: list[dict[str, Any]], total_seconds: float) -> dict[str, Any]:
+def seed_seconds(result: Mapping[str, Any]) -> float:
+    """Seconds one seed took over all the runs that trained it (older metrics: its epochs' sum)."""
+    seconds = result.get("seconds")
+    if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and math.isfinite(seconds):
+        return float(seconds)
+    return float(sum(result.get("epoch_seconds") or []))
+
+
+def summarise(
+    per_seed: list[dict[str, Any]],
+    total_seconds: float,
+    reused_seeds: Sequence[int] = (),
+    resumed_seeds: Sequence[int] = (),
+) -> dict[str, Any]:
+    """The aggregate part of ``results.json``.
+
+    Args:
+        per_seed: Each seed's ``metrics.json`` content.
+        total_seconds: Seconds this invocation spent on the seeds.
+        reused_seeds: Seeds finished by an earlier run and reused as they were.
+        resumed_seeds: Seeds continued from an earlier run's checkpoint.
+
+    ``timing.total_seconds`` covers the whole run, earlier interrupted parts included:
+    this invocation's time plus what the reused seeds and the resumed seeds' restored
+    epochs took before.
+    """
     epoch_secs = [s for r in per_seed for s in r.get("epoch_seconds", [])]
+    earlier = sum(seed_seconds(r) for r in per_seed if r["seed"] in reused_seeds)
+    earlier += sum(
+        sum((r.get("epoch_seconds") or [])[: int(r.get("resumed_at_epoch") or 0)])
+        for r in per_seed
+        if r["seed"] in resumed_seeds
+    )
     return {
         "test": aggregate_seeds([r["test"] for r in per_seed]),
         "valid": aggregate_seeds([r["valid"] for r in per_seed]),
         "timing": {
-            "total_seconds": total_seconds,
+            "total_seconds": total_seconds + earlier,
+            "this_run_seconds": total_seconds,
             "epoch_seconds_median": statistics.median(epoch_secs) if epoch_secs else None,
+            "reused_seeds": list(reused_seeds),
+            "resumed_seeds": list(resumed_seeds),
         },
         "per_seed": [
             {
@@ -410,7 +458,8 @@ def _run(
     raw = _load_raw(dataset, mods, data_root, show_progress)
     check_trainable(raw, options)
     recipe["data"]["dataset"] = raw.name
-    data = standardize_features(raw) if options.standardize else raw
+    stats = training_statistics(raw) if options.standardize else None
+    data = standardize_features(raw, statistics=stats) if stats is not None else raw
     # Built once before anything is written: options that the constructor or a plug-in
     # refuses for this data fail here, not after the run folder records a run.
     model_for(data, model, dict(recipe.get("model") or {}))
@@ -426,23 +475,32 @@ def _run(
         if stored is None or not (out / "config.yaml").is_file():
             # A resumed run keeps the config.yaml it started with (evaluate reads it).
             save_yaml(recipe, out / "config.yaml")
+        # What merc bundle / merc predict need to prepare new inputs as these were
+        # (deterministic given the fingerprinted data, so a resume rewrites the same).
+        write_input_record(out, input_record(raw, feature_specs(raw), stats is not None, STANDARDIZE_EPS), stats)
     tensors = to_tensors(data)
     start = time.perf_counter()
     per_seed = []
+    reused: list[int] = []
+    resumed: list[int] = []
     for seed in seeds:
         seed_dir = out / f"seed_{seed}" if out is not None else None
         finished = _finished_seed(seed_dir, seed) if seed_dir is not None else None
         if finished is not None:
             per_seed.append(finished)
+            reused.append(seed)
             log.info("seed %d already finished; reusing %s", seed, seed_dir)
             continue
-        per_seed.append(train_one_seed(data, tensors, model, recipe, seed, seed_dir, device, show_progress))
+        result = train_one_seed(data, tensors, model, recipe, seed, seed_dir, device, show_progress)
+        if result.get("resumed_at_epoch"):
+            resumed.append(seed)
+        per_seed.append(result)
     results = {
         "model": model,
         "dataset": data.name,
         "modalities": "".join(mods),
         "seeds": list(seeds),
-        **summarise(per_seed, time.perf_counter() - start),
+        **summarise(per_seed, time.perf_counter() - start, reused, resumed),
     }
     if out is not None:
         _write_json(results, out / "results.json")
@@ -523,6 +581,40 @@ def run_info(run: Path, recipe: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def recorded_inputs(
+    run: Path, recipe: dict[str, Any], data_root: str | Path | None = None
+) -> tuple[dict[str, Any], dict[str, tuple[Any, Any]] | None]:
+    """A run's ``inputs.json`` and standardisation statistics (:func:`write_input_record`).
+
+    A run trained before merc recorded them gets them rebuilt from its training data,
+    exactly as training computed them; the data must be the run's (its hash in
+    ``fingerprint.json``).
+
+    Raises:
+        RunFolderError: The record is unreadable, or the data differ from the run's.
+        DataError: The run's data cannot be loaded.
+    """
+    found = read_input_record(run)
+    if found is not None:
+        return found
+    info = run_info(run, recipe)
+    options = DataOptions.from_recipe(recipe)
+    log.warning("%s was trained before merc recorded its inputs: rebuilding them from its training data", run)
+    raw = _load_raw(info["dataset_arg"], parse_modalities(info["modalities"]), data_root, True)
+    stored = read_fingerprint(run)
+    if stored is not None:
+        diffs = fingerprint_differences(
+            stored,
+            run_fingerprint(info["model_name"], info["modalities"], info["seeds"], normalised_recipe(recipe), raw),
+        )
+        if diffs:
+            raise RunFolderError(
+                f"cannot rebuild the inputs of {run}: {'; '.join(diffs[:3])}; give the data it was trained on"
+            )
+    stats = training_statistics(raw) if options.standardize else None
+    return input_record(raw, feature_specs(raw), stats is not None, STANDARDIZE_EPS), stats
+
+
 def evaluate_run(run_dir: str | Path, data_root: str | Path | None = None, device: str = "cpu") -> dict[str, Any]:
     """Re-score a finished run's selected weights on its validation and test splits.
 
@@ -567,7 +659,7 @@ def evaluate_run(run_dir: str | Path, data_root: str | Path | None = None, devic
                     f"cannot evaluate {run}: {'; '.join(diffs[:3])}; evaluate it on the data and config.yaml it "
                     "was trained with, or train again with --overwrite"
                 )
-        data = standardize_features(raw) if options.standardize else raw
+        data = standardize_features(raw, statistics=training_statistics(raw)) if options.standardize else raw
         tensors = to_tensors(data)
         per_seed: list[dict[str, Any]] = []
         for seed, trainer in selected_trainers(run, recipe, data, device).items():

@@ -450,6 +450,8 @@ class Trainer:
             if group
         ]
         self.epoch_seconds: list[float] = []
+        #: Epochs restored from a checkpoint by :meth:`try_resume` (0: trained from scratch).
+        self.resumed_at_epoch = 0
         self.test_evaluated = False
         self._attach_plugins()
 
@@ -592,6 +594,7 @@ class Trainer:
         self.epoch, self.bad_epochs, self.best_epoch = epoch, bad_epochs, best_epoch
         self.best_score, self.best_state = best_score, best_state
         self.history, self.epoch_seconds = history, epoch_seconds
+        self.resumed_at_epoch = epoch
         torch.set_rng_state(torch_rng)
         self.generator.set_state(shuffle_rng)
         for p in self.plugins:

@@ -29,6 +29,7 @@ speakers, texts, utterance ids, meta and bit-exact features.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -132,6 +133,8 @@ def write_native(dataset: MercDataset, folder: str | Path, overwrite: bool = Fal
     # A sibling temp folder is on the same filesystem, which os.replace needs to be atomic.
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
+        # mkdtemp makes the folder private (0700); the export gets the user's umask like any new folder.
+        tmp.chmod(0o777 & ~_umask())
         (tmp / CONVERSATIONS_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
         if dataset.modalities:
             (tmp / FEATURES_DIR).mkdir()
@@ -150,6 +153,71 @@ def write_native(dataset: MercDataset, folder: str | Path, overwrite: bool = Fal
         raise
     logger.info("wrote %s (%d dialogues)", folder, len(seen))
     return folder
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def add_features(
+    folder: str | Path, modality: str, features: Mapping[str, np.ndarray], spec: Mapping[str, Any] | None = None
+) -> Path:
+    """Write ``features/<modality>.safetensors`` into a native dataset folder and declare it.
+
+    ``metadata.json`` then lists the modality with its dim (and ``spec`` in
+    ``meta.feature_specs``, see :mod:`merc.features.spec`). The features file is written
+    first and renamed into place, then ``metadata.json`` is replaced, so an interrupted
+    call leaves a readable folder.
+
+    Args:
+        folder: A native dataset folder (:func:`read_native` reads it).
+        modality: ``t``, ``a`` or ``v``.
+        features: ``{conversation id: float32 [n_utt, d]}`` for every conversation.
+        spec: How the features were made.
+
+    Returns:
+        The features file written.
+
+    Shapes:
+        - features[id]: ``[n_utt, d]``, one ``d`` for all conversations.
+    """
+    folder = Path(folder)
+    meta = _read_metadata(folder)
+    dims = {int(np.shape(a)[1]) for a in features.values()}
+    if len(dims) != 1:
+        raise DataError(f"{folder}: {modality} features of different dims {sorted(dims)}")
+    dim = dims.pop()
+    path = folder / FEATURES_DIR / f"{modality}.safetensors"
+    path.parent.mkdir(exist_ok=True)
+    tensors = {cid: np.ascontiguousarray(a, dtype=np.float32) for cid, a in features.items()}
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp_name, metadata={"format": "merc-native", "modality": modality})
+        os.chmod(tmp_name, 0o666 & ~_umask())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    meta["modalities"] = [m for m in ("t", "a", "v") if m == modality or m in meta["modalities"]]
+    meta["dims"] = {**meta["dims"], modality: dim}
+    if spec is not None:
+        extra = dict(meta.get("meta") or {})
+        extra["feature_specs"] = {**(extra.get("feature_specs") or {}), modality: dict(spec)}
+        meta["meta"] = extra
+    text = _json_text(meta, f"{folder / METADATA_FILE}", indent=2) + "\n"
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{METADATA_FILE}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp_name, 0o666 & ~_umask())
+        os.replace(tmp_name, folder / METADATA_FILE)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def _check_destination(folder: Path, overwrite: bool) -> None:
@@ -300,11 +368,13 @@ def _read_features(path: Path, m: str, dim: int, convs: Mapping[str, Conversatio
         conv.features[m] = np.array(arr, dtype=np.float32, copy=True)
 
 
-def read_native(folder: str | Path) -> MercDataset:
+def read_native(folder: str | Path, require_all_splits: bool = True) -> MercDataset:
     """Read a dataset written by :func:`write_native` (or by hand in that layout).
 
     Args:
         folder: The dataset folder.
+        require_all_splits: Refuse a dataset without train, valid and test dialogues
+            (training needs all three). ``False`` for conversations to predict.
 
     Returns:
         The validated :class:`MercDataset`.
@@ -319,7 +389,10 @@ def read_native(folder: str | Path) -> MercDataset:
         raise DataError(f"dataset folder not found: {folder}")
     meta = _read_metadata(folder)
     modalities = parse_modalities(meta["modalities"]) if meta["modalities"] else ()
-    missing_dims = [m for m in modalities if m not in meta["dims"]]
+    # Transcripts without a text features file: merc computes the text features on first
+    # use (load_dataset with "t"), so neither the file nor dims["t"] is required.
+    computed_text = "t" in modalities and not (folder / FEATURES_DIR / "t.safetensors").exists()
+    missing_dims = [m for m in modalities if m not in meta["dims"] and not (m == "t" and computed_text)]
     if missing_dims:
         raise DataError(f"{folder / METADATA_FILE}: 'dims' lacks modality {missing_dims[0]!r}")
 
@@ -355,6 +428,15 @@ def read_native(folder: str | Path) -> MercDataset:
             by_id[conv.id] = conv
             splits.setdefault(rec["split"], []).append(conv)
 
+    if computed_text:
+        untranscribed = [c.id for c in by_id.values() if c.texts is None]
+        if untranscribed:
+            raise DataError(
+                f"{folder / FEATURES_DIR / 't.safetensors'}: missing, and dialogue {untranscribed[0]!r} has no texts: "
+                "metadata.json lists modality 't', so give every dialogue its texts (merc then computes the text "
+                "features) or write the features file"
+            )
+        modalities = tuple(m for m in modalities if m != "t")
     for m in modalities:
         _read_features(folder / FEATURES_DIR / f"{m}.safetensors", m, meta["dims"][m], by_id)
 
@@ -367,5 +449,10 @@ def read_native(folder: str | Path) -> MercDataset:
         description=str(meta.get("description", "")),
         meta=meta.get("meta") or {},
     )
-    dataset.validate()
+    if require_all_splits:
+        dataset.validate()
+    else:
+        # The same checks of every dialogue, whichever splits hold them.
+        everything = list(dataset.conversations())
+        dataclasses.replace(dataset, splits={s: everything for s in SPLITS}).validate()
     return dataset
