@@ -845,6 +845,34 @@ CASES += [
     Case("predict: --device tpu", _predict(None, None, "--device", "tpu"), "--device='tpu'"),
 ]
 
+
+# -- 13. merc report ---------------------------------------------------------------------------------
+def _report(mutate: Callable[[Path], None] | None = None, out: str = "report.html") -> Callable[[Env], list[str]]:
+    """``merc report`` of a copy of the shared run changed by ``mutate``, into ``<tmp>/<out>``."""
+    return lambda env: ["report", str(env.run(mutate)), "--out", str(env.tmp / out)]
+
+
+CASES += [
+    Case(
+        "report: no such folder",
+        lambda env: ["report", str(env.tmp / "none"), "--out", str(env.tmp / "r.html")],
+        "is not a folder",
+    ),
+    Case(
+        "report: a dataset folder",
+        lambda env: ["report", str(env.dataset()), "--out", str(env.tmp / "r.html")],
+        "not a merc run",
+    ),
+    Case("report: unfinished run", _report(remove("results.json")), "has not finished (no results.json)"),
+    Case("report: results.json corrupt", _report(write_bytes("results.json", b"{")), "not valid JSON"),
+    Case("report: results.json a list", _report(write_bytes("results.json", b"[]")), "is not what `merc train`"),
+    Case("report: history corrupt", _report(write_bytes("seed_0/history.json", b"[{")), "not valid JSON"),
+    Case("report: history not UTF-8", _report(write_bytes("seed_0/history.json", b"\xff")), "not UTF-8"),
+    Case("report: unfinished seed", _report(remove("seed_0/metrics.json")), "has not finished (no metrics.json)"),
+    Case("report: robustness corrupt", _report(write_bytes("robustness.json", b"{")), "not a robustness.json"),
+    Case("report: --out a folder", lambda env: ["report", str(env.run()), "--out", str(env.tmp)], "is a folder"),
+]
+
 if not torch.cuda.is_available():
     CASES.append(Case("train --device cuda without CUDA", _train("--device", "cuda"), "PyTorch sees no CUDA device"))
 

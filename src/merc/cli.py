@@ -1,7 +1,8 @@
 """The ``merc`` command.
 
 ``merc train``, ``merc evaluate``, ``merc bundle``, ``merc predict``, ``merc datasets``,
-``merc models``, ``merc extract``, ``merc export``, ``merc robustness`` and ``merc demo``.
+``merc models``, ``merc extract``, ``merc export``, ``merc robustness``, ``merc report`` and
+``merc demo``.
 
 :func:`main` is the one error boundary. Every expected failure (a bad argument or recipe
 value, a missing, corrupt or foreign file, a run folder in use or holding another run, an
@@ -145,6 +146,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_robustness_arguments(
         sub.add_parser("robustness", help="metric vs missing-modality rate (and per-modality drops), table + plot")
     )
+
+    p = sub.add_parser(
+        "report",
+        help="one self-contained HTML page (no network) of finished runs: table, per-class F1, confusion, curves",
+    )
+    p.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN",
+        help="run folders (the --out of merc train); a folder holding only a robustness.json adds its curves",
+    )
+    p.add_argument("--out", required=True, help="the HTML file to write, e.g. report.html")
+    p.add_argument("--title", default=None, help="page title (default: the runs' model, dataset and modalities)")
 
     p = sub.add_parser("demo", help="the main job: bc-LSTM on synthetic data, all modalities, 3 seeds")
     p.add_argument("--out", default="runs/demo")
@@ -416,6 +430,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from merc.evaluation.html_report import write_report
+
+    path = write_report(args.runs, args.out, title=args.title)
+    print(f"wrote {path} ({len(args.runs)} folder(s); self-contained, open it in a browser)")
+    return 0
+
+
 def cmd_robustness(args: argparse.Namespace) -> int:
     from merc.training.robustness_sweep import robustness_main
 
@@ -424,6 +446,7 @@ def cmd_robustness(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "robustness": cmd_robustness,
+    "report": cmd_report,
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "bundle": cmd_bundle,
