@@ -1194,6 +1194,34 @@ def parity(
     return out
 
 
+def _mean_std(summary: dict[str, Any] | None) -> str:
+    return "" if not summary else f"{summary['mean']:.2f} ± {summary['std']:.2f}"
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """The README's table of a results file: parity (test w-F1, 3 seeds) and speed per model."""
+    lines = [
+        "| model | epochs | authors' code, max-test epoch | authors' code, best-valid epoch | merc, best-valid epoch "
+        "| s/epoch authors' / merc, 1 thread | speed-up 1 thread | speed-up 2 threads |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in MODELS:
+        section = results.get(name)
+        if not isinstance(section, dict):
+            continue
+        parity = section.get("parity", {})
+        timing = {row["threads"]: row for row in section.get("timing", [])}
+        one = timing.get(1, {})
+        seconds = f"{one['reference_median_s']:.2f} / {one['merc_median_s']:.2f}" if "reference_median_s" in one else ""
+        ratios = [f"{timing[t]['speedup']:.2f}x" if "speedup" in timing.get(t, {}) else "" for t in (1, 2)]
+        lines.append(
+            f"| {name} | {parity.get('epochs', '')} | {_mean_std(parity.get('reference_test_at_max_test'))} "
+            f"| {_mean_std(parity.get('reference_test_at_best_valid'))} "
+            f"| {_mean_std(parity.get('merc_test_weighted_f1'))} | {seconds} | {ratios[0]} | {ratios[1]} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module="sklearn")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -1207,7 +1235,11 @@ def main() -> None:
     parser.add_argument("--parity-threads", type=int, default=1)
     parser.add_argument("--max-dialogues", type=int, default=0, help="dialogues per split, for smoke tests (0: all)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--table", action="store_true", help="print the markdown table of --out and exit")
     args = parser.parse_args()
+    if args.table:
+        print(markdown_table(json.loads(args.out.read_text())))
+        return
 
     models = [m for m in args.models.split(",") if m]
     unknown = [m for m in models if m not in MODELS]

@@ -166,3 +166,21 @@ def test_invalid_settings_are_rejected() -> None:
         _model(sparsity=0.0)
     with pytest.raises(ConfigError, match="even"):
         _model(hidden_size=7)
+
+
+def test_gat_skip_feeds_the_utterance_features_to_the_classifier() -> None:
+    """gat_skip=True: the classifier reads [X_GAT, X_FE]; an utterance's own code then
+    reaches its logits directly, not only through the dialogue-wide attention."""
+    from merc.models import build_model
+
+    torch.manual_seed(0)
+    plain = build_model("micga", in_dims={"t": 6}, num_classes=3, hidden_size=8, gat_hidden=4, classifier_hidden=5)
+    torch.manual_seed(0)
+    skip = build_model(
+        "micga", in_dims={"t": 6}, num_classes=3, hidden_size=8, gat_hidden=4, classifier_hidden=5, gat_skip=True
+    )
+    d_bar = skip.num_parties + 8
+    assert skip.classifier_hidden.in_features == plain.classifier_hidden.in_features + d_bar
+    # Without MulGAT the option has nothing to skip.
+    none = build_model("micga", in_dims={"t": 6}, num_classes=3, hidden_size=8, use_mulgat=False, gat_skip=True)
+    assert none.classifier_hidden.in_features == none.num_parties + 8
