@@ -10,6 +10,7 @@ import torch
 
 from merc.data.batching import collate, to_tensors
 from merc.data.schema import Conversation, MercDataset
+from merc.training.plugins.base import TrainerPlugin
 
 # Small models on 2 cores: one intra-op thread avoids OpenMP oversubscription.
 torch.set_num_threads(1)
@@ -88,3 +89,16 @@ def assert_same_function(module, reference, candidate, x, rtol: float = 1e-5, at
     assert got[2].keys() == ref[2].keys()
     for name in ref[2]:
         torch.testing.assert_close(got[2][name], ref[2][name], rtol=10 * rtol, atol=atol, msg=name)
+
+
+class KillAt(TrainerPlugin):
+    """Interrupts training at the start of one epoch (as Ctrl-C or a kill would)."""
+
+    name = "kill"
+
+    def __init__(self, epoch: int) -> None:
+        self.kill_epoch = epoch
+
+    def on_epoch_start(self, trainer, epoch: int) -> None:
+        if epoch == self.kill_epoch:
+            raise KeyboardInterrupt

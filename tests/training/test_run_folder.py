@@ -15,27 +15,13 @@ import torch
 
 import merc.training.run_folder as run_folder
 from bad_input_env import one_error_line, snapshot, train_argv
-from helpers import assert_same_training, make_dataset
+from helpers import KillAt, assert_same_training, make_dataset
 from merc.cli import main
 from merc.data.batching import to_tensors
 from merc.data.formats.native import write_native
 from merc.models import build_model
-from merc.training.plugins.base import TrainerPlugin
 from merc.training.run_folder import LOCK_FILE, RunLock, dataset_hash, load_torch_file
 from merc.training.trainer import BEST_WEIGHTS, CHECKPOINT, PREVIOUS_CHECKPOINT, TrainConfig, Trainer
-
-
-class _KillAt(TrainerPlugin):
-    """Interrupts training at the start of one epoch (as Ctrl-C or a kill would)."""
-
-    name = "kill"
-
-    def __init__(self, epoch: int) -> None:
-        self.kill_epoch = epoch
-
-    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
-        if epoch == self.kill_epoch:
-            raise KeyboardInterrupt
 
 
 def _trainer(run_dir: Path | None, epochs: int = 5, plugins=()) -> Trainer:
@@ -48,7 +34,7 @@ def _trainer(run_dir: Path | None, epochs: int = 5, plugins=()) -> Trainer:
 
 def _killed_at(run_dir: Path, epoch: int, epochs: int = 5) -> None:
     with pytest.raises(KeyboardInterrupt):
-        _trainer(run_dir, epochs, plugins=[_KillAt(epoch)]).fit()
+        _trainer(run_dir, epochs, plugins=[KillAt(epoch)]).fit()
 
 
 # -- checkpoints ------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from helpers import assert_same_training, make_dataset
+from helpers import KillAt, assert_same_training, make_dataset
 from merc.data.batching import to_tensors
 from merc.models import build_model
 from merc.training.plugins.base import TrainerPlugin
@@ -39,21 +39,10 @@ def test_early_stopping() -> None:
     assert fit["epochs_run"] - 1 - fit["best_epoch"] == 3
 
 
-class _KillAt(TrainerPlugin):
-    name = "kill"
-
-    def __init__(self, epoch: int) -> None:
-        self.kill_epoch = epoch
-
-    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
-        if epoch == self.kill_epoch:
-            raise KeyboardInterrupt
-
-
 def test_resume_after_kill_equals_uninterrupted_run(tmp_path) -> None:
     straight = _trainer(tmp_path / "a", epochs=6)
     straight.fit()
-    killed = _trainer(tmp_path / "b", epochs=6, plugins=[_KillAt(3)])
+    killed = _trainer(tmp_path / "b", epochs=6, plugins=[KillAt(3)])
     with pytest.raises(KeyboardInterrupt):
         killed.fit()
     assert killed.epoch == 3

@@ -40,7 +40,6 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 import merc
-from merc.config import load_yaml
 from merc.data.schema import parse_modalities
 from merc.errors import CheckpointError, ConfigError, DataError, MercError
 from merc.evaluation.metrics import HEADLINE_METRICS
@@ -180,16 +179,10 @@ def bundle_from_run(run_dir: str | Path, seed: int | None = None, data_root: str
         CheckpointError: The selected weights are unreadable or do not fit the model.
     """
     from merc.training.run_folder import load_torch_file, read_fingerprint
-    from merc.training.runner import recorded_inputs, run_info
+    from merc.training.runner import open_run_folder, recorded_inputs
     from merc.training.trainer import BEST_WEIGHTS, TrainConfig
 
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise ConfigError(f"{run} is not a folder; pass the --out of `merc train` or a bundle file")
-    if not (run / "config.yaml").is_file():
-        raise ConfigError(f"{run} is not a merc run folder (no config.yaml); pass the --out of `merc train`")
-    recipe = load_yaml(run / "config.yaml")
-    info = run_info(run, recipe)
+    run, recipe, info = open_run_folder(run_dir, bundle_hint=True)
     model_args = check_model_arguments(info["model_name"], recipe.get("model") or {})
     metric = TrainConfig.from_dict(recipe.get("training") or {}).selection_metric
     done = finished_seeds(run, info["seeds"])

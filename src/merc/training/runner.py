@@ -615,6 +615,22 @@ def recorded_inputs(
     return input_record(raw, feature_specs(raw), stats is not None, STANDARDIZE_EPS), stats
 
 
+def open_run_folder(run_dir: str | Path, bundle_hint: bool = False) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """A finished or unfinished run folder's path, its ``config.yaml`` and :func:`run_info`.
+
+    Raises:
+        ConfigError: Not a folder, or a folder without ``config.yaml``.
+    """
+    run = Path(run_dir)
+    hint = " or a bundle file" if bundle_hint else ""
+    if not run.is_dir():
+        raise ConfigError(f"{run} is not a folder; pass the --out of `merc train`{hint}")
+    if not (run / "config.yaml").is_file():
+        raise ConfigError(f"{run} is not a merc run folder (no config.yaml); pass the --out of `merc train`")
+    recipe = load_yaml(run / "config.yaml")
+    return run, recipe, run_info(run, recipe)
+
+
 def evaluate_run(run_dir: str | Path, data_root: str | Path | None = None, device: str = "cpu") -> dict[str, Any]:
     """Re-score a finished run's selected weights on its validation and test splits.
 
@@ -629,13 +645,7 @@ def evaluate_run(run_dir: str | Path, data_root: str | Path | None = None, devic
             folder is in use.
         CheckpointError: Selected weights unreadable or of another model.
     """
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise ConfigError(f"{run} is not a folder; pass the --out of `merc train`")
-    if not (run / "config.yaml").is_file():
-        raise ConfigError(f"{run} is not a merc run folder (no config.yaml); pass the --out of `merc train`")
-    recipe = load_yaml(run / "config.yaml")
-    info = run_info(run, recipe)
+    run, recipe, info = open_run_folder(run_dir)
     device = check_device(device, "--device")
     TrainConfig.from_dict(recipe.get("training") or {})
     recipe["model"] = check_model_arguments(info["model_name"], recipe.get("model") or {})
