@@ -4,6 +4,9 @@ Reads ``results.json`` (and ``config.yaml`` for the overrides) of every run fold
 so the README's numbers come from the runs, never from hand-typed constants.
 
 Run: ``.venv/bin/python bench/results_table.py runs/*``
+
+``--balance``: SPCL Table 3's layout instead (backbone x balance method rows, modality-set
+columns, paired t-test against each backbone's base run; :func:`merc.evaluation.tables.balance_table`).
 """
 
 from __future__ import annotations
@@ -55,6 +58,13 @@ def row(run: Path) -> str | None:
 
 
 def main(paths: list[str]) -> None:
+    if paths and paths[0] == "--balance":
+        from merc.evaluation.tables import balance_table
+        from merc.training.plugins.registry import plugin_groups
+
+        sections = [spec.section for spec in plugin_groups().get("balance", [])]
+        print(balance_table(paths[1:], sections))
+        return
     print("| model | dataset | modalities | test weighted F1 | test accuracy | seeds | s/epoch |")
     print("|---|---|---|---|---|---|---|")
     for p in paths:

@@ -1,7 +1,7 @@
 """The ``merc`` command.
 
 ``merc train``, ``merc evaluate``, ``merc bundle``, ``merc predict``, ``merc datasets``,
-``merc models``, ``merc extract``, ``merc export``, ``merc robustness``, ``merc report`` and
+``merc models``, ``merc extract``, ``merc export``, ``merc robustness``, ``merc imbalance``, ``merc report`` and
 ``merc demo``.
 
 :func:`main` is the one error boundary. Every expected failure (a bad argument or recipe
@@ -148,6 +148,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser(
+        "imbalance",
+        help="train each modality of a finished run alone and compare with the joint model's unimodal heads",
+        description=(
+            "Tell modality imbalance from a weak modality: for a finished multimodal run of a model with unimodal "
+            "logits, train the same model and recipe (without --balance plug-ins) on each modality alone into "
+            "RUN/alone/<m>, then compare test weighted F1: joint model's head vs alone. Writes "
+            "RUN/unimodal_vs_alone.{json,md,png}."
+        ),
+    )
+    p.add_argument("run_dir", metavar="RUN", help="run folder (the --out of merc train) with two or more modalities")
+    p.add_argument("--device", default=None)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_data_root(p)
+
+    p = sub.add_parser(
         "report",
         help="one self-contained HTML page (no network) of finished runs: table, per-class F1, confusion, curves",
     )
@@ -215,6 +230,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     print_results(results)
     print(f"results: {Path(args.out) / 'results.json'}")
+    return 0
+
+
+def cmd_imbalance(args: argparse.Namespace) -> int:
+    from merc.training.unimodal_alone import REPORT_STEM, alone_markdown, compare_with_alone
+
+    report = compare_with_alone(
+        args.run_dir, data_root=args.data_root, device=args.device, show_progress=not args.quiet
+    )
+    print(alone_markdown(report), end="")
+    print(f"written: {Path(args.run_dir) / REPORT_STEM}.json, .md, .png")
     return 0
 
 
@@ -446,6 +472,7 @@ def cmd_robustness(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "robustness": cmd_robustness,
+    "imbalance": cmd_imbalance,
     "report": cmd_report,
     "train": cmd_train,
     "evaluate": cmd_evaluate,

@@ -187,8 +187,9 @@ def test_unimodal_logits_and_features_for_every_per_modality_model(name: str) ->
         assert out.unimodal_logits[m].shape == (11, NUM_CLASSES)
         assert out.unimodal_features[m].shape == (11, model.code_dims[m])
     # The heads are trained: a unimodal loss term (a probe on detached codes unless the paper
-    # lets it flow into the encoders).
-    assert {"unimodal_probe", "unimodal_ce"} & set(out.aux_losses)
+    # lets it flow into the encoders), or the model's own unimodal logits are part of its
+    # fusion (fills_unimodal_logits: trained by its loss).
+    assert model.fills_unimodal_logits or {"unimodal_probe", "unimodal_ce"} & set(out.aux_losses)
     off = build_model(
         name, in_dims=DIMS, num_classes=NUM_CLASSES, num_speakers=2, num_parties=2, unimodal_heads=False
     ).train()

@@ -64,6 +64,11 @@ RECORDED_DATA_KEYS = ("recipe_file", "recipe_base", "dataset", "dataset_arg", "m
 INPUTS_FILE = "inputs.json"
 #: Per-modality mean and std of the training split (``<m>.mean``, ``<m>.std``, float32 ``[d_m]``).
 STATISTICS_FILE = "standardization.safetensors"
+#: Per-epoch unimodal scores of a run (written by the runner).
+IMBALANCE_PLOT = "imbalance.png"
+#: ``merc imbalance``: the alone runs' sub-folder and the comparison's file stem.
+ALONE_DIR = "alone"
+ALONE_REPORT_STEM = "unimodal_vs_alone"
 RUN_FOLDER_NAMES = (
     "config.yaml",
     FINGERPRINT_FILE,
@@ -72,6 +77,11 @@ RUN_FOLDER_NAMES = (
     INPUTS_FILE,
     STATISTICS_FILE,
     LOCK_FILE,
+    # Written by merc train (the per-epoch unimodal scores) and merc imbalance (its
+    # comparison and the alone runs, which --overwrite discards with the run).
+    IMBALANCE_PLOT,
+    *(f"{ALONE_REPORT_STEM}.{suffix}" for suffix in ("json", "md", "png")),
+    ALONE_DIR,
 )
 
 

@@ -28,6 +28,7 @@ from merc.data.schema import MercDataset, class_weights, parse_modalities
 from merc.data.transforms import STANDARDIZE_EPS, feature_statistics, standardize_features
 from merc.errors import CheckpointError, ConfigError, MercError, RunFolderError
 from merc.evaluation.aggregate import aggregate_seeds
+from merc.evaluation.imbalance import plot_imbalance
 from merc.evaluation.metrics import HEADLINE_METRICS
 from merc.features.spec import feature_specs
 from merc.models.base import MercModel
@@ -36,6 +37,7 @@ from merc.training.data_checks import DataOptions, check_trainable
 from merc.training.plugins.registry import build_plugins, check_plugin_sections, fill_dataset_defaults
 from merc.training.run_folder import (
     FINGERPRINT_FILE,
+    IMBALANCE_PLOT,
     RunLock,
     atomic_write_json,
     clear_run_folder,
@@ -178,8 +180,10 @@ def train_one_seed(
     )
     fit = trainer.fit()
     trainer.load_best()
-    valid = trainer.evaluate(trainer.valid_items)
-    test = trainer.test()
+    # The selected weights' unimodal scores come with the same passes (models with
+    # unimodal logits): what each modality's own head achieves inside the joint model.
+    valid = trainer.evaluate(trainer.valid_items, unimodal=True)
+    test = trainer.test(unimodal=True)
     result = {
         "seed": seed,
         **fit,
@@ -203,6 +207,24 @@ def seed_seconds(result: Mapping[str, Any]) -> float:
     if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and math.isfinite(seconds):
         return float(seconds)
     return float(sum(result.get("epoch_seconds") or []))
+
+
+#: What results.json aggregates of each modality's own head (see Trainer.evaluate).
+UNIMODAL_KEYS = ("accuracy", "weighted_f1", "score", "ratio")
+
+
+def unimodal_aggregate(per_seed: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``{split: {m: {key: {"mean", "std", "per_seed"}}}}`` of the seeds' unimodal scores.
+
+    Only splits and modalities every seed scored (older metrics have none).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for split in ("test", "valid"):
+        per_modality = [r.get(split, {}).get("unimodal") or {} for r in per_seed]
+        common = [m for m in (per_modality[0] if per_modality else {}) if all(m in u for u in per_modality)]
+        if common:
+            out[split] = {m: aggregate_seeds([u[m] for u in per_modality], keys=UNIMODAL_KEYS) for m in common}
+    return out
 
 
 def summarise(
@@ -230,9 +252,11 @@ def summarise(
         for r in per_seed
         if r["seed"] in resumed_seeds
     )
+    unimodal = unimodal_aggregate(per_seed)
     return {
         "test": aggregate_seeds([r["test"] for r in per_seed]),
         "valid": aggregate_seeds([r["valid"] for r in per_seed]),
+        **({"unimodal": unimodal} if unimodal else {}),
         "timing": {
             "total_seconds": total_seconds + earlier,
             "this_run_seconds": total_seconds,
@@ -504,7 +528,18 @@ def _run(
     }
     if out is not None:
         _write_json(results, out / "results.json")
+        write_imbalance_plot(out, seeds)
     return results
+
+
+def write_imbalance_plot(out: Path, seeds: Sequence[int]) -> Path | None:
+    """``imbalance.png`` of a run folder from its seeds' histories (models with unimodal logits)."""
+    histories = {}
+    for seed in seeds:
+        path = out / f"seed_{seed}" / "history.json"
+        if path.is_file():
+            histories[seed] = json.loads(path.read_text(encoding="utf-8"))
+    return plot_imbalance(histories, out / IMBALANCE_PLOT)
 
 
 def _load_weights(model: MercModel, path: Path) -> None:

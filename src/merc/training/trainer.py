@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from merc.data.batching import IGNORE_INDEX, Batch, ConversationTensors, iterate_batches
 from merc.errors import CheckpointError, ConfigError, resolve_choice
+from merc.evaluation.imbalance import unimodal_summary
 from merc.evaluation.metrics import HEADLINE_METRICS, classification_metrics
 from merc.models.base import BeforeFuseHook, MercModel
 from merc.models.output import ModelOutput
@@ -440,6 +441,8 @@ class Trainer:
         self.bad_epochs = 0
         self.history: list[dict[str, Any]] = []
         self.last_loss_terms: dict[str, float] = {}
+        #: Each modality's own scores on the last epoch's training batches (see :meth:`train_epoch`).
+        self.last_unimodal_train: dict[str, Any] = {}
         probes = {id(p) for p in self.model.probe_parameters()}
         self._clip_groups = [
             group
@@ -686,6 +689,8 @@ class Trainer:
         items = [self.train_items[i] for i in indices]
         total, count = 0.0, 0
         term_sums: dict[str, float] = {}
+        seen_labels: list[Tensor] = []
+        seen_unimodal: dict[str, list[Tensor]] = {}
         for batch in iterate_batches(
             items, self.modalities, self.config.batch_size, shuffle=True, generator=self.generator
         ):
@@ -715,33 +720,74 @@ class Trainer:
             count += batch.batch_size
             for name, term in terms.items():
                 term_sums[name] = term_sums.get(name, 0.0) + float(term.detach()) * batch.batch_size
+            if output.unimodal_logits:
+                keep = batch.flat_labels != IGNORE_INDEX
+                seen_labels.append(batch.flat_labels[keep].cpu())
+                for m, lg in output.unimodal_logits.items():
+                    seen_unimodal.setdefault(m, []).append(lg.detach()[keep].float().cpu())
         self.last_loss_terms = {name: v / max(count, 1) for name, v in term_sums.items()}
+        # Each modality's own accuracy / w-F1 / true-class score on the epoch's training
+        # batches as they were trained (dropout on, weights moving): free, unlike a second
+        # pass over the training split, and what SPCL Fig. 7 and Ada2I Fig. 5 plot.
+        self.last_unimodal_train = (
+            unimodal_summary(
+                {m: torch.cat(v).numpy() for m, v in seen_unimodal.items()},
+                torch.cat(seen_labels).numpy(),
+                self.num_classes,
+            )
+            if seen_labels
+            else {}
+        )
         return total / max(count, 1)
 
     @torch.no_grad()
     def predict(self, items: Sequence[ConversationTensors]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Predicted labels, true labels and logits of all labelled utterances of ``items``."""
+        preds, labels, logits, _ = self._predict_with_unimodal(items, unimodal=False)
+        return preds, labels, logits
+
+    @torch.no_grad()
+    def _predict_with_unimodal(
+        self, items: Sequence[ConversationTensors], unimodal: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """:meth:`predict` plus, if asked and the model has them, the unimodal logits ``{m: [N, C]}``."""
         self.model.eval()
         labels: list[Tensor] = []
         logits: list[Tensor] = []
+        per_modality: dict[str, list[Tensor]] = {}
         for batch in iterate_batches(items, self.modalities, self.config.eval_batch_size):
             batch = batch.to(self.device)
             with self.autocast():
-                out = self.model(batch).logits
+                output = self.model(batch)
             y = batch.flat_labels
             keep = y != IGNORE_INDEX
-            logits.append(out[keep].float().cpu())
+            logits.append(output.logits[keep].float().cpu())
             labels.append(y[keep].cpu())
+            if unimodal:
+                for m, lg in output.unimodal_logits.items():
+                    per_modality.setdefault(m, []).append(lg[keep].float().cpu())
         logit_arr = torch.cat(logits).numpy() if logits else np.zeros((0, self.num_classes), np.float32)
         label_arr = torch.cat(labels).numpy() if labels else np.zeros(0, np.int64)
         preds = logit_arr.argmax(1) if len(logit_arr) else np.zeros(0, np.int64)
-        return preds, label_arr, logit_arr
+        return preds, label_arr, logit_arr, {m: torch.cat(v).numpy() for m, v in per_modality.items()}
 
-    def evaluate(self, items: Sequence[ConversationTensors]) -> dict[str, Any]:
-        preds, labels, logits = self.predict(items)
+    def evaluate(self, items: Sequence[ConversationTensors], unimodal: bool = False) -> dict[str, Any]:
+        """Metrics of the current weights on ``items``.
+
+        Args:
+            items: The split's conversations.
+            unimodal: Also score each modality's own unimodal logits (models that have
+                them): ``metrics["unimodal"] = {m: {"accuracy", "weighted_f1", "score",
+                "ratio"}}`` (:func:`merc.evaluation.imbalance.unimodal_summary`).
+        """
+        preds, labels, logits, per_modality = self._predict_with_unimodal(items, unimodal)
         metrics = classification_metrics(labels, preds, self.num_classes, self.label_names)
         if len(labels):
             metrics["loss"] = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)))
+        if per_modality:
+            summary = unimodal_summary(per_modality, labels, self.num_classes)
+            if summary:
+                metrics["unimodal"] = summary
         return metrics
 
     def fit(self) -> dict[str, Any]:
@@ -761,7 +807,8 @@ class Trainer:
         while self.epoch < c.epochs and not (c.patience and self.bad_epochs >= c.patience):
             start = time.perf_counter()
             train_loss = self.train_epoch()
-            valid = self.evaluate(self.valid_items)
+            valid = self.evaluate(self.valid_items, unimodal=True)
+            valid_unimodal = valid.pop("unimodal", {})
             score = float(valid[c.selection_metric])
             if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 self.scheduler.step(score)
@@ -776,6 +823,7 @@ class Trainer:
             for plugin in self.plugins:
                 plugin.on_epoch_end(self, self.epoch, valid)
             self.epoch_seconds.append(time.perf_counter() - start)
+            plugin_metrics = {p.name: m for p in self.plugins if (m := p.epoch_metrics(self))}
             self.history.append(
                 {
                     "epoch": self.epoch,
@@ -786,6 +834,12 @@ class Trainer:
                     "valid_accuracy": valid["accuracy"],
                     "lr": self.optimizer.param_groups[0]["lr"],
                     "seconds": self.epoch_seconds[-1],
+                    **({"plugins": plugin_metrics} if plugin_metrics else {}),
+                    **(
+                        {"unimodal": {"train": self.last_unimodal_train, "valid": valid_unimodal}}
+                        if self.last_unimodal_train or valid_unimodal
+                        else {}
+                    ),
                 }
             )
             self.epoch += 1
@@ -809,13 +863,17 @@ class Trainer:
             raise RuntimeError("call fit() before using the selected weights")
         self.model.load_state_dict(copy.deepcopy(self.best_state))
 
-    def test(self) -> dict[str, Any]:
-        """Evaluate the selected (best-validation) weights on the test split, once."""
+    def test(self, unimodal: bool = False) -> dict[str, Any]:
+        """Evaluate the selected (best-validation) weights on the test split, once.
+
+        ``unimodal``: in the same pass, also score each modality's unimodal logits
+        (see :meth:`evaluate`), so that the split is still touched once.
+        """
         if self.test_evaluated:
             raise RuntimeError("the test split is evaluated once per run; re-score a finished run with `merc evaluate`")
         self.load_best()
         self.test_evaluated = True
-        return self.evaluate(self.test_items)
+        return self.evaluate(self.test_items, unimodal=unimodal)
 
 
 __all__ = [

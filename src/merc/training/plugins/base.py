@@ -31,7 +31,7 @@ class TrainerPlugin:
     :meth:`on_epoch_start`; per batch :meth:`before_fuse` (inside the model's forward),
     :meth:`utterance_weights`, :meth:`loss_terms`, :meth:`after_backward` (gradients
     exist, the optimiser has not stepped), :meth:`on_batch_end`; then
-    :meth:`on_epoch_end`. :meth:`state_dict` / :meth:`load_state_dict` let a resumed
+    :meth:`on_epoch_end` and :meth:`epoch_metrics`. :meth:`state_dict` / :meth:`load_state_dict` let a resumed
     run continue the plug-in where it stopped.
     """
 
@@ -81,6 +81,15 @@ class TrainerPlugin:
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, valid_metrics: dict[str, Any]) -> None:
         """After validation of ``epoch``."""
+
+    def epoch_metrics(self, trainer: Trainer) -> dict[str, Any]:
+        """Numbers of the epoch just trained, recorded in ``history.json`` under ``plugins.<name>``.
+
+        Called after :meth:`on_epoch_end`; e.g. SPCL's share of selected utterances
+        (its curriculum expanding rate) or a modulation's mean coefficient per modality.
+        JSON-serialisable values only.
+        """
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         return {}
