@@ -129,10 +129,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "extract",
-        help="compute and cache text features of a dataset (a native folder: written into features/t.safetensors)",
+        help="compute and cache features of a dataset: text, and audio / visual from a native folder's media",
+        description=(
+            "Compute features offline and cache them. A native folder gets them written into "
+            "features/<m>.safetensors (metadata.json updated): t from its texts; a and v from the audio / video "
+            "files its conversations point to (keys audio, video, start, end of conversations.jsonl). A "
+            "registered dataset: text features only, into the cache."
+        ),
     )
     p.add_argument("--dataset", required=True)
-    p.add_argument("--encoder", default=None, help="sentence encoder (default all-MiniLM-L6-v2, offline)")
+    p.add_argument("--modalities", default="t", help="what to compute: letters of t, a, v (default t), e.g. a,v or tav")
+    p.add_argument("--encoder", default=None, help="t: sentence encoder (default all-MiniLM-L6-v2, offline)")
+    p.add_argument(
+        "--audio-extractor",
+        default="egemaps",
+        help="a: egemaps (eGeMAPSv02 functionals, 88-d, default), compare (ComParE_2016, 6373-d) or librosa "
+        "(log-mel + MFCC mean/std, 168-d)",
+    )
+    p.add_argument("--visual-extractor", default="faces", help="v: faces (OpenCV Haar face + HOG, 665-d, default)")
+    p.add_argument("--fps", type=float, default=5.0, help="v: frames sampled per second of each utterance (default 5)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a or v features the folder already has, made otherwise"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress output")
     _add_data_root(p)
 
     p = sub.add_parser("export", help="write a dataset in merc's own format (jsonl + safetensors)")
@@ -345,29 +364,89 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_extract(args: argparse.Namespace) -> int:
     from merc.data.registry import attach_text_features, load_dataset
+    from merc.data.schema import MODALITY_NAMES, parse_modalities
 
+    modalities = parse_modalities(args.modalities)
     folder = Path(args.dataset)
-    if folder.is_dir() and (folder / "metadata.json").is_file():
-        from merc.data.formats.native import add_features
-        from merc.data.registry import read_dataset_path
-        from merc.features.spec import feature_specs
+    if not (folder.is_dir() and (folder / "metadata.json").is_file()):
+        media = [m for m in modalities if m != "t"]
+        if media:
+            from merc.errors import DataError
 
+            raise DataError(
+                f"--modalities {''.join(media)}: audio and visual features are computed from the media files of a "
+                f"native dataset folder (its conversations name them); {args.dataset} is not one"
+            )
+        ds = load_dataset(args.dataset, modalities="t", data_root=args.data_root, text_encoder=args.encoder)
+        from merc.features.text import cache_dir
+
+        print(
+            f"{args.dataset}: text features {ds.dims['t']}-d for {sum(len(c) for c in ds.conversations())} "
+            f"utterances (cached in {cache_dir()})"
+        )
+        return 0
+
+    from merc.data.formats.native import add_features
+    from merc.data.registry import read_dataset_path
+    from merc.features.extract import build_extractor, extract_folder
+    from merc.features.spec import feature_specs
+
+    # Everything is computed before anything is written: a failure leaves the folder as it was.
+    pending: list[tuple[str, dict[str, Any], dict[str, Any], dict[str, Any] | None, list[str]]] = []
+    messages: list[str] = []
+    if "t" in modalities:
         ds = read_dataset_path(folder)
         if "t" in ds.modalities:
-            print(f"{folder}: already has text features ({ds.dims['t']}-d, {folder / 'features' / 't.safetensors'})")
-            return 0
-        attach_text_features(ds, text_encoder=args.encoder)
-        path = add_features(folder, "t", {c.id: c.features["t"] for c in ds.conversations()}, feature_specs(ds)["t"])
-        n = sum(len(c) for c in ds.conversations())
-        print(f"wrote {ds.dims['t']}-d text features of {n} utterances to {path} (metadata.json now lists 't')")
-        return 0
-    ds = load_dataset(args.dataset, modalities="t", data_root=args.data_root, text_encoder=args.encoder)
-    from merc.features.text import cache_dir
+            messages.append(
+                f"{folder}: already has text features ({ds.dims['t']}-d, {folder / 'features' / 't.safetensors'})"
+            )
+        else:
+            attach_text_features(ds, text_encoder=args.encoder, show_progress=not args.quiet)
+            pending.append(("t", {c.id: c.features["t"] for c in ds.conversations()}, feature_specs(ds)["t"], None, []))
+    metadata = json.loads((folder / "metadata.json").read_text(encoding="utf-8"))
+    recorded = ((metadata.get("meta") or {}).get("feature_specs") or {}) if isinstance(metadata, dict) else {}
+    for m in (m for m in modalities if m != "t"):
+        name = args.audio_extractor if m == "a" else args.visual_extractor
+        settings: dict[str, Any] = {"fps": args.fps} if m == "v" else {}
+        extractor = build_extractor(m, name, **settings)
+        path = folder / "features" / f"{m}.safetensors"
+        if path.exists() or m in (metadata.get("modalities") or []):
+            old = recorded.get(m) if isinstance(recorded, dict) else None
+            if (
+                isinstance(old, dict)
+                and old.get("settings") == extractor.settings()
+                and old.get("extractor") == extractor.name
+            ):
+                messages.append(
+                    f"{folder}: already has these {MODALITY_NAMES[m]} features ({old.get('dim')}-d, {path})"
+                )
+                continue
+            if not args.overwrite:
+                from merc.errors import DataError
+                from merc.features.spec import describe_spec
 
-    print(
-        f"{args.dataset}: text features {ds.dims['t']}-d for {sum(len(c) for c in ds.conversations())} utterances "
-        f"(cached in {cache_dir()})"
-    )
+                have = describe_spec(old) if isinstance(old, dict) else "features made otherwise"
+                raise DataError(
+                    f"{folder} already has {MODALITY_NAMES[m]} features ({have}); pass --overwrite to replace them "
+                    f"with {extractor.name} features"
+                )
+        got = extract_folder(folder, extractor, show_progress=not args.quiet)
+        pending.append((m, got.features, got.spec, got.report, got.warnings))
+    for m, features, spec, report, warnings in pending:
+        path = add_features(folder, m, features, spec, report)
+        n = sum(len(a) for a in features.values())
+        dim = next(iter(features.values())).shape[1]
+        what = (
+            f"{spec.get('encoder')}"
+            if m == "t"
+            else f"{spec['extractor']}, {spec['library']} {spec.get('library_version')}"
+        )
+        messages.append(
+            f"wrote {dim}-d {MODALITY_NAMES[m]} features ({what}) of {n} utterances to {path} "
+            f"(metadata.json now lists {m!r})"
+        )
+        messages.extend(f"  note: {w}" for w in warnings)
+    print("\n".join(messages))
     return 0
 
 

@@ -328,3 +328,27 @@ def test_registered_iemocap6_synthav_loader(
     assert ds.name == "iemocap6-synthav" and ds.modalities == ("t", "a", "v")
     assert ds.meta["text_cache_key"] == "iemocap6"
     assert ds.description == spec.description
+
+
+def test_imbalance_preset_is_registered_with_its_profile() -> None:
+    from merc.data.registry import load_dataset
+    from merc.data.synthetic import IMBALANCE_PRESET
+
+    ds = load_dataset("synthetic-imbalance")
+    assert ds.name == "synthetic-imbalance" and ds.meta["preset"] == "imbalance"
+    assert ds.dims == IMBALANCE_PRESET["dims"]
+    assert ds.meta["params"]["informativeness"] == IMBALANCE_PRESET["informativeness"]
+    # Text owns no pair the others need: it merges audio's and visual's pairs.
+    assert ds.meta["exclusive_pairs"] == {
+        "t": ["sad", "neutral"],
+        "a": ["angry", "frustrated"],
+        "v": ["happy", "excited"],
+    }
+    # Same labels and dialogues as `synthetic` (only the features differ).
+    plain = load_dataset("synthetic")
+    assert [c.labels.tolist() for c in ds.splits["train"]] == [c.labels.tolist() for c in plain.splits["train"]]
+    # Text is the strongest single modality under the context-free proxy, as the preset says.
+    from merc.data.synthetic import proxy_wf1
+
+    scores = {m: proxy_wf1(ds, m) for m in "tav"}
+    assert scores["t"] > max(scores["a"], scores["v"])

@@ -27,7 +27,7 @@ from merc.evaluation.html_report import load_run, render_report, summed_confusio
 from merc.evaluation.robustness import write_robustness_report
 
 #: The figures every run gets: per-class F1, confusion, validation curves, the train loss terms.
-RUN_FIGURES = ["per_class_f1", "confusion", "validation", "train_loss_terms"]
+RUN_FIGURES = ["per_class_f1", "confusion", "validation", "train_loss_terms", "imbalance"]
 
 
 class Page(HTMLParser):
@@ -138,6 +138,29 @@ def test_page_holds_the_runs_numbers_and_one_figure_per_plot(run_dir: Path) -> N
     assert "script" not in page.tags and "link" not in page.tags
 
 
+def test_imbalance_section_shows_the_heads_and_the_alone_comparison(run_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    shutil.copytree(run_dir, folder)
+    results = json.loads((folder / "results.json").read_text())
+    heads = results["unimodal"]["test"]
+    page = Page(render_report([folder]))
+    (row,) = page.tables["unimodal"][1:]
+    assert row[0] == "t" and row[1] == format_mean_std(heads["t"]["weighted_f1"])
+    assert "alone" not in page.tables
+    comparison = {
+        "rows": {
+            "t": {
+                "joint": {"weighted_f1": heads["t"]["weighted_f1"]},
+                "alone": {"weighted_f1": {"mean": 50.0, "std": 1.0, "per_seed": [49.0, 51.0]}},
+                "gap_weighted_f1": {"mean": 3.25, "per_seed": [3.0, 3.5]},
+            }
+        }
+    }
+    (folder / "unimodal_vs_alone.json").write_text(json.dumps(comparison))
+    page = Page(render_report([folder]))
+    assert page.tables["alone"][1] == ["t", format_mean_std(heads["t"]["weighted_f1"]), "50.00 ± 1.00", "+3.25"]
+
+
 def test_confusion_is_the_sum_of_the_seeds_test_matrices(run_dir: Path) -> None:
     run = load_run(run_dir)
     expected = sum(
@@ -180,7 +203,7 @@ def test_other_recorded_curves_are_drawn(run_dir: Path, tmp_path: Path) -> None:
             h["modality_ratio"] = 1.0 + 0.1 * h["epoch"]
         path.write_text(json.dumps(history))
     page = Page(render_report([run]))
-    assert page.figures == [*RUN_FIGURES, "valid_unimodal_weighted_f1", "other"]
+    assert page.figures == [*RUN_FIGURES[:-1], "valid_unimodal_weighted_f1", "other", "imbalance"]
     for img in page.images:
         decode_png(img["src"])
 

@@ -507,9 +507,14 @@ def load_synthetic_imbalance(seed: int = 0, **kwargs: Any) -> MercDataset:
     (angry, frustrated) and (happy, excited), which only audio and visual respectively
     separate. In a late-fusion model trained jointly, text soon gets every other class
     right, the summed-logit cross-entropy then sends audio and visual little gradient
-    except on their own pair, and their unimodal heads end far below the same encoders
-    trained alone (``merc imbalance RUN``): the greedy, text-dominated regime SPCL
-    (Fig. 7) and Ada2I (Fig. 5) describe on IEMOCAP. ``synthetic`` keeps the milder
+    except on their own pair, and their unimodal branches end further below the same
+    networks trained alone than text's does (``merc imbalance RUN``): the greedy,
+    text-dominated regime SPCL (Fig. 7) and Ada2I (Fig. 5) describe on IEMOCAP. Measured
+    with MMGCN ``fusion="late"`` (its recipe, seeds 0-2, test w-F1 of each branch inside
+    the joint model vs alone): text 57.85 vs 59.67 (gap 1.8), audio 39.52 vs 46.66 (7.1),
+    visual 45.45 vs 49.74 (4.3); the joint model 81.14 ± 0.92. The settings were chosen
+    among seven tried with MMGCN late (text 16- or 32-d at SNR 3-8 against audio/visual 96- to
+    512-d at SNR 2-3, and a 256-d text): narrower gaps, or text not the strongest. ``synthetic`` keeps the milder
     default profile and ``iemocap6-synthav`` the published one.
 
     Args:

@@ -34,6 +34,7 @@ import numpy as np
 
 from merc.errors import ConfigError, DataError
 from merc.evaluation.aggregate import aggregate_seeds, format_mean_std
+from merc.evaluation.imbalance import imbalance_png
 from merc.evaluation.report import METRIC_TITLES
 from merc.evaluation.robustness import REPORT_FILES, load_robustness_reports, plot_robustness
 
@@ -431,6 +432,58 @@ def robustness_section(reports: Sequence[Mapping[str, Any]], metric: str, where:
     return "\n".join(parts)
 
 
+def imbalance_section(run: RunRecord) -> list[str]:
+    """Unimodal curves, the heads' test scores and ``merc imbalance``'s comparison, when recorded."""
+    png = imbalance_png({s.seed: s.history for s in run.seeds}, dpi=_DPI)
+    if png is None:
+        return []
+    parts = [
+        "<h3>Modality imbalance</h3>",
+        _img(
+            png,
+            f"unimodal scores of {run.path.name}",
+            "Each modality's own weighted F1 from its unimodal logits per epoch (training batches, validation), "
+            "its modality ratio (true-class score over the weakest modality's), and what plug-ins recorded; "
+            "one line per seed and modality.",
+            "imbalance",
+        ),
+    ]
+    heads = (run.results.get("unimodal") or {}).get("test") or {}
+    if heads:
+        parts.append(
+            _table(
+                ["modality", "head's test w-F1 (%)", "accuracy (%)", "ratio"],
+                [
+                    [
+                        _e(m),
+                        _e(format_mean_std(v["weighted_f1"])),
+                        _e(format_mean_std(v["accuracy"])),
+                        _e(format_mean_std(v["ratio"])) if "ratio" in v else "",
+                    ]
+                    for m, v in heads.items()
+                ],
+                cls="unimodal",
+            )
+        )
+    alone = run.path / "unimodal_vs_alone.json"
+    if alone.is_file():
+        report = read_json(alone)
+        rows = []
+        for m, row in (report.get("rows") or {}).items():
+            gap = (row.get("gap_weighted_f1") or {}).get("mean")
+            rows.append(
+                [
+                    _e(m),
+                    _e(format_mean_std(row["joint"]["weighted_f1"])) if "weighted_f1" in row.get("joint", {}) else "",
+                    _e(format_mean_std(row["alone"]["weighted_f1"])),
+                    "" if gap is None else f"{gap:+.2f}",
+                ]
+            )
+        parts.append("<p class='meta'>Each modality trained alone (<code>merc imbalance</code>), test w-F1:</p>")
+        parts.append(_table(["modality", "joint model's head", "alone", "gap"], rows, cls="alone"))
+    return parts
+
+
 def run_section(run: RunRecord, index: int) -> str:
     """One run's figures and tables."""
     n = len(run.seeds)
@@ -505,6 +558,7 @@ def run_section(run: RunRecord, index: int) -> str:
                 "other",
             )
         )
+    parts += imbalance_section(run)
     if run.robustness:
         parts.append("<h3>Robustness to missing modalities</h3>")
         parts.append(robustness_section(run.robustness, _robustness_metric(run.path / REPORT_FILES["json"]), run.path))

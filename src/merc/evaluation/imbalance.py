@@ -138,7 +138,7 @@ def _plugin_series(histories: Mapping[int, Sequence[Mapping[str, Any]]]) -> list
     return found
 
 
-def plot_imbalance(histories: Mapping[int, Sequence[Mapping[str, Any]]], path: str | Path) -> Path | None:
+def imbalance_png(histories: Mapping[int, Sequence[Mapping[str, Any]]], dpi: int = 110) -> bytes | None:
     r"""Per-epoch unimodal scores of a run: how each modality learns inside the joint model.
 
     Panels: each modality's weighted F1 from its own unimodal logits on the training
@@ -148,11 +148,13 @@ def plot_imbalance(histories: Mapping[int, Sequence[Mapping[str, Any]]], path: s
 
     Args:
         histories: ``{seed: history}`` (each ``history.json`` of the run's seeds).
-        path: PNG to write.
+        dpi: Resolution of the PNG.
 
     Returns:
-        ``path``, or ``None`` when no epoch recorded unimodal scores (early-fusion models).
+        The PNG, or ``None`` when no epoch recorded unimodal scores (early-fusion models).
     """
+    import io
+
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -211,9 +213,26 @@ def plot_imbalance(histories: Mapping[int, Sequence[Mapping[str, Any]]], path: s
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def plot_imbalance(histories: Mapping[int, Sequence[Mapping[str, Any]]], path: str | Path) -> Path | None:
+    """Write :func:`imbalance_png` to ``path``; ``None`` (nothing written) without unimodal scores."""
+    png = imbalance_png(histories)
+    if png is None:
+        return None
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    path.write_bytes(png)
     return path
 
 
-__all__ = ["modality_ratios", "plot_imbalance", "unimodal_summary", "true_class_probabilities", "true_class_scores"]
+__all__ = [
+    "imbalance_png",
+    "modality_ratios",
+    "plot_imbalance",
+    "unimodal_summary",
+    "true_class_probabilities",
+    "true_class_scores",
+]

@@ -9,6 +9,12 @@ training time (``features.json``) and into model bundles (:mod:`merc.inference.b
 - ``{"source": "text-encoder", "encoder": "all-MiniLM-L6-v2", "dim": 384, ...}``: sentence
   embeddings of the transcripts computed by merc (:mod:`merc.features.text`); ``merc
   predict`` computes them from the input's texts with exactly this encoder.
+- ``{"source": "audio-extractor", "extractor": "egemaps", "library": "opensmile",
+  "library_version": ..., "settings": {...}, "dim": 88}`` and ``{"source":
+  "visual-extractor", "extractor": "faces", ...}``: features ``merc extract`` computed
+  from the media the conversations point to (:mod:`merc.features.audio`,
+  :mod:`merc.features.visual`); ``settings`` is everything that changes the output, so
+  :func:`merc.features.extract.extractor_from_spec` rebuilds the same extractor.
 - ``{"source": "provided", "dim": d}``: features that came with the data (a native
   folder's ``features/<m>.safetensors``, a published pickle, generated features); ``merc
   predict`` takes them from a native input folder, or treats the modality as missing.
@@ -23,7 +29,9 @@ from merc.data.schema import MercDataset
 from merc.errors import DataError
 
 #: Sources of features merc knows.
-FEATURE_SOURCES: tuple[str, ...] = ("text-encoder", "provided")
+FEATURE_SOURCES: tuple[str, ...] = ("text-encoder", "audio-extractor", "visual-extractor", "provided")
+#: Sources computed from media files by an extractor.
+MEDIA_SOURCES: tuple[str, ...] = ("audio-extractor", "visual-extractor")
 #: Key of :attr:`MercDataset.meta` holding ``{modality: spec}``.
 META_KEY = "feature_specs"
 
@@ -87,11 +95,18 @@ def check_spec(modality: str, spec: Any, where: str) -> dict[str, Any]:
         raise DataError(f"{where}: feature specification of {modality!r} has no valid dim ({dim!r})")
     if spec["source"] == "text-encoder" and not isinstance(spec.get("encoder"), str):
         raise DataError(f"{where}: text-encoder specification of {modality!r} names no encoder")
+    if spec["source"] in MEDIA_SOURCES and not (
+        isinstance(spec.get("extractor"), str) and isinstance(spec.get("settings"), Mapping)
+    ):
+        raise DataError(f"{where}: {spec['source']} specification of {modality!r} names no extractor and settings")
     return dict(spec)
 
 
 def describe_spec(spec: Mapping[str, Any]) -> str:
-    """One phrase: ``"all-MiniLM-L6-v2 sentence embeddings (384-d)"`` or ``"provided features (88-d)"``."""
+    """One phrase: ``"all-MiniLM-L6-v2 sentence embeddings (384-d)"``, ``"egemaps features of the audio (opensmile, 88-d)"``."""
     if spec.get("source") == "text-encoder":
         return f"{spec.get('encoder')} sentence embeddings of the texts ({spec.get('dim')}-d)"
+    if spec.get("source") in MEDIA_SOURCES:
+        what = "audio" if spec["source"] == "audio-extractor" else "video frames"
+        return f"{spec.get('extractor')} features of the {what} ({spec.get('library')}, {spec.get('dim')}-d)"
     return f"provided features ({spec.get('dim')}-d)"

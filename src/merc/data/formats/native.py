@@ -10,6 +10,26 @@ A native dataset is a folder::
                                  utterance_ids, meta
       features/<m>.safetensors   per attached modality m: one float32 [n_utt, d_m]
                                  tensor per conversation, keyed by conversation id
+      <media files>              optional: audio / video the conversations point to
+
+A conversation may point to media instead of (or beside) feature arrays, for
+``merc extract`` (:mod:`merc.features`) to compute audio and visual features from. The
+optional keys of a conversations.jsonl record (paths relative to the dataset folder;
+absolute paths work too):
+
+- ``audio``: one file per utterance, ``["wav/u0.wav", null, ...]`` (``null``: none), or
+  one string, a file for the whole dialogue (wav, flac, mp3, or anything with an
+  audio track that PyAV decodes);
+- ``video``: the same for video files (mp4, mkv, avi, ...). Audio features of an
+  utterance without ``audio`` come from its video's audio track;
+- ``start`` / ``end``: per utterance, seconds from the start of the file. Required
+  (numbers) with a dialogue-level file; with per-utterance files optional, a segment
+  of each file (``null``: from the beginning / to the end).
+
+:func:`read_media` parses them (:class:`MediaSegment` per utterance and stream);
+:func:`read_native` checks their syntax (types, lengths, ``0 <= start < end``), and
+``merc extract`` checks the files themselves (present, decodable, segment inside the
+file) before it decodes anything. :func:`write_native` does not store media keys.
 
 Everything but the features is plain JSON, readable and writable without merc; the
 features use safetensors, which (unlike a pickle) cannot run code on load.
@@ -32,10 +52,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +75,9 @@ METADATA_FILE = "metadata.json"
 CONVERSATIONS_FILE = "conversations.jsonl"
 FEATURES_DIR = "features"
 _RECORD_KEYS: tuple[str, ...] = ("id", "split", "speakers", "labels", "texts", "utterance_ids", "meta")
+#: Optional keys of a conversations.jsonl record that point to media (module docstring).
+MEDIA_KEYS: tuple[str, ...] = ("audio", "video", "start", "end")
+MEDIA_STREAMS: tuple[str, ...] = ("audio", "video")
 _METADATA_KEYS: tuple[str, ...] = ("name", "label_names", "modalities", "dims", "speaker_vocab", "format_version")
 
 
@@ -162,7 +187,11 @@ def _umask() -> int:
 
 
 def add_features(
-    folder: str | Path, modality: str, features: Mapping[str, np.ndarray], spec: Mapping[str, Any] | None = None
+    folder: str | Path,
+    modality: str,
+    features: Mapping[str, np.ndarray],
+    spec: Mapping[str, Any] | None = None,
+    report: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``features/<modality>.safetensors`` into a native dataset folder and declare it.
 
@@ -176,6 +205,8 @@ def add_features(
         modality: ``t``, ``a`` or ``v``.
         features: ``{conversation id: float32 [n_utt, d]}`` for every conversation.
         spec: How the features were made.
+        report: What the extraction found (counts of utterances without media, frames
+            without a face, ...), stored as ``meta.extraction.<modality>``.
 
     Returns:
         The features file written.
@@ -206,6 +237,10 @@ def add_features(
     if spec is not None:
         extra = dict(meta.get("meta") or {})
         extra["feature_specs"] = {**(extra.get("feature_specs") or {}), modality: dict(spec)}
+        meta["meta"] = extra
+    if report is not None:
+        extra = dict(meta.get("meta") or {})
+        extra["extraction"] = {**(extra.get("extraction") or {}), modality: dict(report)}
         meta["meta"] = extra
     text = _json_text(meta, f"{folder / METADATA_FILE}", indent=2) + "\n"
     fd, tmp_name = tempfile.mkstemp(prefix=f".{METADATA_FILE}.", suffix=".tmp", dir=folder)
@@ -335,6 +370,161 @@ def _parse_record(raw: bytes, where: str, num_classes: int) -> dict[str, Any]:
     return rec
 
 
+@dataclass(frozen=True)
+class MediaSegment:
+    """The media of one utterance: a file and, optionally, a time span of it.
+
+    Attributes:
+        path: The media file (resolved against the dataset folder).
+        start: Seconds from the start of the file; ``None``: from the beginning.
+        end: Seconds from the start of the file; ``None``: to the end.
+        declared: The path as written in conversations.jsonl (for messages).
+        field: ``"audio"`` or ``"video"``: the key that named the file.
+        dialogue: Dialogue id.
+        utterance: Utterance id.
+        shared: The file holds the whole dialogue (one string in the record), not one utterance.
+    """
+
+    path: Path
+    start: float | None
+    end: float | None
+    declared: str
+    field: str
+    dialogue: str
+    utterance: str
+    shared: bool = False
+
+    def where(self) -> str:
+        """``dialogue 'd1', utterance 'd1_0' (audio wav/d1.wav)``: where a message points."""
+        return f"dialogue {self.dialogue!r}, utterance {self.utterance!r} ({self.field} {self.declared})"
+
+
+@dataclass(frozen=True)
+class ConversationMedia:
+    """Per utterance of one dialogue, its audio and video segments (``None``: none given).
+
+    ``audio_source()`` is what audio features are computed from: the ``audio`` segment,
+    else the audio track of the ``video`` segment.
+    """
+
+    audio: tuple[MediaSegment | None, ...]
+    video: tuple[MediaSegment | None, ...]
+
+    def audio_source(self) -> tuple[MediaSegment | None, ...]:
+        return tuple(a if a is not None else v for a, v in zip(self.audio, self.video))
+
+    def stream(self, modality: str) -> tuple[MediaSegment | None, ...]:
+        """The segments features of ``modality`` (``a`` or ``v``) are computed from."""
+        if modality == "a":
+            return self.audio_source()
+        if modality == "v":
+            return self.video
+        raise DataError(f"modality {modality!r} has no media; media give audio (a) and visual (v) features")
+
+
+def _seconds(value: Any, key: str, where: str, utterance: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise DataError(f"{where}: utterance {utterance!r}: {key!r} must be a number of seconds, got {value!r}")
+    return float(value)
+
+
+def _parse_media(rec: Mapping[str, Any], where: str, folder: Path) -> ConversationMedia | None:
+    """The media keys of one record, checked for syntax; ``None`` when it has none."""
+    if not any(rec.get(k) is not None for k in MEDIA_KEYS):
+        return None
+    n = len(rec["labels"])
+    uids = rec["utterance_ids"] if len(rec["utterance_ids"]) == n else [f"{rec['id']}_{i}" for i in range(n)]
+    times: dict[str, list[Any]] = {}
+    for key in ("start", "end"):
+        value = rec.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, list):
+            raise DataError(f"{where}: {key!r} must be a list of seconds, one per utterance")
+        if len(value) != n:
+            raise DataError(f"{where}: {len(value)} {key!r} times for {n} utterances")
+        times[key] = value
+    if len(times) == 1:
+        given = next(iter(times))
+        raise DataError(f"{where}: {given!r} given without {'end' if given == 'start' else 'start'!r}; give both")
+    if times and all(rec.get(k) is None for k in MEDIA_STREAMS):
+        raise DataError(f"{where}: 'start'/'end' given but no 'audio' or 'video' file they refer to")
+    starts = [_seconds(x, "start", where, uids[i]) for i, x in enumerate(times.get("start", [None] * n))]
+    ends = [_seconds(x, "end", where, uids[i]) for i, x in enumerate(times.get("end", [None] * n))]
+    for i, (s, e) in enumerate(zip(starts, ends)):
+        if s is not None and s < 0:
+            raise DataError(f"{where}: utterance {uids[i]!r}: start {s:g} s is negative")
+        if s is not None and e is not None and e <= s:
+            kind = "empty" if e == s else "negative"
+            raise DataError(f"{where}: utterance {uids[i]!r}: {kind} segment (start {s:g} s, end {e:g} s)")
+        if e is not None and e <= 0:
+            raise DataError(f"{where}: utterance {uids[i]!r}: end {e:g} s is not after the start of the file")
+    streams: dict[str, tuple[MediaSegment | None, ...]] = {}
+    for key in MEDIA_STREAMS:
+        value = rec.get(key)
+        if value is None:
+            streams[key] = (None,) * n
+            continue
+        shared = isinstance(value, str)
+        if shared:
+            missing = [uids[i] for i in range(n) if starts[i] is None or ends[i] is None]
+            if missing:
+                raise DataError(
+                    f"{where}: {key!r} is one file for the whole dialogue, so every utterance needs its 'start' and "
+                    f"'end' seconds; utterance {missing[0]!r} has none"
+                )
+            paths: list[Any] = [value] * n
+        elif isinstance(value, list):
+            if len(value) != n:
+                raise DataError(f"{where}: {len(value)} {key!r} files for {n} utterances")
+            paths = value
+        else:
+            raise DataError(
+                f"{where}: {key!r} must be a file name (one for the dialogue), a list of file names or null "
+                f"(one per utterance), got {type(value).__name__}"
+            )
+        segs: list[MediaSegment | None] = []
+        for i, p in enumerate(paths):
+            if p is None:
+                segs.append(None)
+                continue
+            if not isinstance(p, str) or not p.strip():
+                raise DataError(f"{where}: utterance {uids[i]!r}: {key!r} must be a file name or null, got {p!r}")
+            segs.append(MediaSegment(folder / p, starts[i], ends[i], p, key, str(rec["id"]), uids[i], shared))
+        streams[key] = tuple(segs)
+    return ConversationMedia(audio=streams["audio"], video=streams["video"])
+
+
+def read_media(folder: str | Path) -> dict[str, ConversationMedia]:
+    """The media each conversation of a native folder points to (module docstring).
+
+    Only conversations with at least one media key are in the result. Files are not
+    opened here: :func:`merc.features.media.check_segments` does that.
+
+    Raises:
+        DataError: A malformed media key (named with its line and utterance), or
+            anything :func:`read_native` refuses in the records.
+    """
+    folder = Path(folder)
+    meta = _read_metadata(folder)
+    conv_path = folder / CONVERSATIONS_FILE
+    if not conv_path.is_file():
+        raise DataError(f"{conv_path}: missing; a native dataset needs one JSON line per conversation")
+    out: dict[str, ConversationMedia] = {}
+    with conv_path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            where = f"{conv_path}:{lineno}"
+            rec = _parse_record(raw, where, len(meta["label_names"]))
+            media = _parse_media(rec, where, folder)
+            if media is not None:
+                out[rec["id"]] = media
+    return out
+
+
 def _read_features(path: Path, m: str, dim: int, convs: Mapping[str, Conversation]) -> None:
     if not path.is_file():
         raise DataError(f"{path}: missing; metadata.json lists modality {m!r}, so its features file is required")
@@ -368,13 +558,15 @@ def _read_features(path: Path, m: str, dim: int, convs: Mapping[str, Conversatio
         conv.features[m] = np.array(arr, dtype=np.float32, copy=True)
 
 
-def read_native(folder: str | Path, require_all_splits: bool = True) -> MercDataset:
+def read_native(folder: str | Path, require_all_splits: bool = True, read_features: bool = True) -> MercDataset:
     """Read a dataset written by :func:`write_native` (or by hand in that layout).
 
     Args:
         folder: The dataset folder.
         require_all_splits: Refuse a dataset without train, valid and test dialogues
             (training needs all three). ``False`` for conversations to predict.
+        read_features: Read ``features/``. ``False``: the conversations alone, no
+            modality attached (what ``merc extract`` needs to compute features).
 
     Returns:
         The validated :class:`MercDataset`.
@@ -389,6 +581,8 @@ def read_native(folder: str | Path, require_all_splits: bool = True) -> MercData
         raise DataError(f"dataset folder not found: {folder}")
     meta = _read_metadata(folder)
     modalities = parse_modalities(meta["modalities"]) if meta["modalities"] else ()
+    if not read_features:
+        modalities = ()
     # Transcripts without a text features file: merc computes the text features on first
     # use (load_dataset with "t"), so neither the file nor dims["t"] is required.
     computed_text = "t" in modalities and not (folder / FEATURES_DIR / "t.safetensors").exists()
@@ -402,6 +596,7 @@ def read_native(folder: str | Path, require_all_splits: bool = True) -> MercData
     splits: dict[str, list[Conversation]] = {}
     by_id: dict[str, Conversation] = {}
     vocab = set(meta["speaker_vocab"])
+    with_media: set[str] = set()
     # Bytes, decoded line by line: a non-UTF-8 byte is reported with its line number.
     with conv_path.open("rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
@@ -425,6 +620,8 @@ def read_native(folder: str | Path, require_all_splits: bool = True) -> MercData
             )
             if len(conv.utterance_ids) != len(conv):
                 raise DataError(f"{where}: {len(conv.utterance_ids)} utterance ids for {len(conv)} labels")
+            if _parse_media(rec, where, folder) is not None:
+                with_media.add(conv.id)
             by_id[conv.id] = conv
             splits.setdefault(rec["split"], []).append(conv)
 
@@ -438,7 +635,13 @@ def read_native(folder: str | Path, require_all_splits: bool = True) -> MercData
             )
         modalities = tuple(m for m in modalities if m != "t")
     for m in modalities:
-        _read_features(folder / FEATURES_DIR / f"{m}.safetensors", m, meta["dims"][m], by_id)
+        path = folder / FEATURES_DIR / f"{m}.safetensors"
+        if m in ("a", "v") and with_media and not path.is_file():
+            raise DataError(
+                f"{path}: missing; metadata.json lists modality {m!r} and the conversations point to media: "
+                f"compute it with `merc extract --dataset {folder} --modalities {m}`"
+            )
+        _read_features(path, m, meta["dims"][m], by_id)
 
     dataset = MercDataset(
         name=str(meta["name"]),
