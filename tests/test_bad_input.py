@@ -873,6 +873,104 @@ CASES += [
     Case("report: --out a folder", lambda env: ["report", str(env.run()), "--out", str(env.tmp)], "is a folder"),
 ]
 
+
+# -- 14. media in merc's native format, merc extract -------------------------------------------------
+def _media(keys: dict, modality: str | None = None) -> Callable[[Path], None]:
+    """Media files in the folder (a 2 s wav, a 2 s silent video, junk bytes) and ``keys`` on its first record."""
+
+    def mutate(folder: Path) -> None:
+        from media_helpers import blank_image, speech_like, write_video, write_wav
+
+        write_wav(folder / "sound.wav", speech_like(2.0))
+        write_video(folder / "silent.mp4", [blank_image(64)] * 10, fps=5)
+        (folder / "junk.wav").write_bytes(_RANDOM_BYTES)
+        edit_record(lambda r: r.update(keys))(folder)
+        if modality is not None:  # declared as if it had been extracted
+            edit_metadata(
+                lambda m: m.update(modalities=[*m["modalities"], modality], dims={**m["dims"], modality: 665})
+            )(folder)
+
+    return mutate
+
+
+def _extract(mutate: Callable[[Path], None] | None, *words: str) -> Callable[[Env], list[str]]:
+    return lambda env: ["extract", "--dataset", str(env.dataset(mutate)), *words]
+
+
+_WAV = {"audio": "sound.wav"}
+_TIMES = {"start": [0, 0.5, 1.0], "end": [0.5, 1.0, 2.0]}
+MEDIA = [
+    (
+        "audio a number",
+        {"audio": 3},
+        "'audio' must be a file name (one for the dialogue), a list of file names or null",
+    ),
+    ("video list too short", {"video": ["silent.mp4"]}, "1 'video' files for 3 utterances"),
+    ("start without end", {**_WAV, "start": [0, 1, 2]}, "'start' given without 'end'"),
+    ("dialogue file without times", _WAV, "so every utterance needs its 'start' and 'end' seconds"),
+    ("empty segment", {**_WAV, "start": [0, 1, 1], "end": [1, 1, 2]}, "utterance 'd0_1': empty segment"),
+    ("negative segment", {**_WAV, "start": [0, 1.5, 1], "end": [1, 1, 2]}, "negative segment (start 1.5 s, end 1 s)"),
+    ("negative start", {**_WAV, "start": [-1, 0.5, 1], "end": [0.5, 1, 2]}, "start -1 s is negative"),
+    ("times not numbers", {**_WAV, "start": ["0", 0.5, 1], "end": [0.5, 1, 2]}, "'start' must be a number of seconds"),
+]
+CASES += [Case(f"native: media {name}", _data(_media(keys)), fragment) for name, keys, fragment in MEDIA]
+CASES += [Case(f"extract: media {name}", _extract(_media(keys), "--modalities", "v"), f) for name, keys, f in MEDIA]
+CASES += [
+    Case(
+        "extract: media file missing",
+        _extract(_media({"video": ["none.mp4", None, None]}), "--modalities", "v"),
+        "dialogue 'train-d0', utterance 'd0_0' (video none.mp4): media file not found",
+    ),
+    Case(
+        "extract: media file unreadable",
+        _extract(_media({"video": ["junk.wav", None, None]}), "--modalities", "v"),
+        "(video junk.wav): cannot read",
+    ),
+    Case(
+        "extract: audio file as video",
+        _extract(_media({"video": ["sound.wav", None, None]}), "--modalities", "v"),
+        "sound.wav has no video stream",
+    ),
+    Case(
+        "extract: segment past the end of the file",
+        _extract(_media({"video": "silent.mp4", "start": [0, 1, 1.5], "end": [1, 1.5, 2.5]}), "--modalities", "v"),
+        "utterance 'd0_2' (video silent.mp4): segment ends at 2.5 s, after the end of the file (2.000 s)",
+    ),
+    Case(
+        "extract: segment starting after the end of the file",
+        _extract(_media({"video": "silent.mp4", "start": [0, 1, 3], "end": [1, 2, 4]}), "--modalities", "v"),
+        "segment starts at 3 s, at or after the end of the file",
+    ),
+    Case("extract: no media", _extract(None, "--modalities", "v"), "no conversation names visual media"),
+    Case(
+        "extract: features there already",
+        _extract(_media({"video": "silent.mp4", **_TIMES}), "--modalities", "a"),
+        "already has audio features (provided features (6-d)); pass --overwrite",
+    ),
+    Case(
+        "extract: unknown audio extractor",
+        _extract(_media(_TIMES | _WAV), "--modalities", "a", "--audio-extractor", "gemaps"),
+        "unknown audio extractor 'gemaps'; choose one of: compare, egemaps, librosa",
+    ),
+    Case("extract: --fps 0", _extract(_media(_TIMES | _WAV), "--modalities", "v", "--fps", "0"), "visual fps must be"),
+    Case("extract: unknown modality", _extract(None, "--modalities", "x"), "unknown modality 'x'"),
+    Case(
+        "extract: audio of a registered dataset",
+        lambda env: ["extract", "--dataset", "iemocap6", "--modalities", "a"],
+        "computed from the media files of a native dataset folder",
+    ),
+    Case(
+        "native: media listed, features not extracted",
+        _data(_media({"video": "silent.mp4", **_TIMES}, modality="v")),
+        "v.safetensors: missing; metadata.json lists modality 'v' and the conversations point to media",
+    ),
+    Case(
+        "train: media without features",
+        lambda env: env.train("--modalities", "tv", dataset=env.dataset(_media({"video": "silent.mp4", **_TIMES}))),
+        "no visual features yet, but its conversations name media files: compute them once with `merc extract",
+    ),
+]
+
 if not torch.cuda.is_available():
     CASES.append(Case("train --device cuda without CUDA", _train("--device", "cuda"), "PyTorch sees no CUDA device"))
 

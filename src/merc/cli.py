@@ -306,6 +306,17 @@ def dataset_detail(name: str, data_root: str | None) -> dict[str, Any]:
     modalities = {m: {"dim": d, "source": "features file"} for m, d in ds.dims.items()}
     if "t" not in modalities and texts:
         modalities["t"] = {"dim": None, "source": "computed from the texts on first use (merc extract does it now)"}
+    if is_dataset_path(name) and Path(name).is_dir():
+        from merc.data.formats.native import read_media
+
+        media = read_media(name)
+        for m in ("a", "v"):
+            count = sum(s is not None for cm in media.values() for s in cm.stream(m))
+            if m not in modalities and count:
+                modalities[m] = {
+                    "dim": None,
+                    "source": f"media files named for {count} utterances (merc extract --modalities {m} computes them)",
+                }
     return {
         "name": ds.name,
         "path": name if is_dataset_path(name) else None,
@@ -386,13 +397,13 @@ def cmd_extract(args: argparse.Namespace) -> int:
         )
         return 0
 
-    from merc.data.formats.native import add_features
+    from merc.data.formats.native import add_features, read_metadata
     from merc.data.registry import read_dataset_path
     from merc.features.extract import build_extractor, extract_folder
     from merc.features.spec import feature_specs
 
     # Everything is computed before anything is written: a failure leaves the folder as it was.
-    pending: list[tuple[str, dict[str, Any], dict[str, Any], dict[str, Any] | None, list[str]]] = []
+    pending: list[tuple[str, dict[str, Any], dict[str, Any], dict[str, Any] | None]] = []
     messages: list[str] = []
     if "t" in modalities:
         ds = read_dataset_path(folder)
@@ -402,15 +413,15 @@ def cmd_extract(args: argparse.Namespace) -> int:
             )
         else:
             attach_text_features(ds, text_encoder=args.encoder, show_progress=not args.quiet)
-            pending.append(("t", {c.id: c.features["t"] for c in ds.conversations()}, feature_specs(ds)["t"], None, []))
-    metadata = json.loads((folder / "metadata.json").read_text(encoding="utf-8"))
-    recorded = ((metadata.get("meta") or {}).get("feature_specs") or {}) if isinstance(metadata, dict) else {}
+            pending.append(("t", {c.id: c.features["t"] for c in ds.conversations()}, feature_specs(ds)["t"], None))
+    metadata = read_metadata(folder)
+    recorded = (metadata.get("meta") or {}).get("feature_specs") or {}
     for m in (m for m in modalities if m != "t"):
         name = args.audio_extractor if m == "a" else args.visual_extractor
         settings: dict[str, Any] = {"fps": args.fps} if m == "v" else {}
         extractor = build_extractor(m, name, **settings)
         path = folder / "features" / f"{m}.safetensors"
-        if path.exists() or m in (metadata.get("modalities") or []):
+        if path.exists():
             old = recorded.get(m) if isinstance(recorded, dict) else None
             if (
                 isinstance(old, dict)
@@ -425,14 +436,14 @@ def cmd_extract(args: argparse.Namespace) -> int:
                 from merc.errors import DataError
                 from merc.features.spec import describe_spec
 
-                have = describe_spec(old) if isinstance(old, dict) else "features made otherwise"
+                have = describe_spec(old if isinstance(old, dict) else {"dim": metadata["dims"].get(m, "?")})
                 raise DataError(
                     f"{folder} already has {MODALITY_NAMES[m]} features ({have}); pass --overwrite to replace them "
                     f"with {extractor.name} features"
                 )
         got = extract_folder(folder, extractor, show_progress=not args.quiet)
-        pending.append((m, got.features, got.spec, got.report, got.warnings))
-    for m, features, spec, report, warnings in pending:
+        pending.append((m, got.features, got.spec, got.report))
+    for m, features, spec, report in pending:
         path = add_features(folder, m, features, spec, report)
         n = sum(len(a) for a in features.values())
         dim = next(iter(features.values())).shape[1]
@@ -445,7 +456,6 @@ def cmd_extract(args: argparse.Namespace) -> int:
             f"wrote {dim}-d {MODALITY_NAMES[m]} features ({what}) of {n} utterances to {path} "
             f"(metadata.json now lists {m!r})"
         )
-        messages.extend(f"  note: {w}" for w in warnings)
     print("\n".join(messages))
     return 0
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from merc.data.schema import MercDataset, parse_modalities
+from merc.data.schema import MODALITY_NAMES, MercDataset, parse_modalities
 from merc.errors import ConfigError, DataError
 
 #: A loader gets the data root (``None`` for datasets that need none) and keyword
@@ -170,10 +170,28 @@ def load_dataset(
         mods = parse_modalities(modalities)
         if "t" in mods and "t" not in dataset.modalities:
             attach_text_features(dataset, text_encoder=text_encoder, show_progress=show_progress)
+        _refer_to_extract(name, [m for m in mods if m in ("a", "v") and m not in dataset.modalities])
         dataset = dataset.with_modalities(mods)
     if validate:
         dataset.validate()
     return dataset
+
+
+def _refer_to_extract(name: str, absent: Sequence[str]) -> None:
+    """Audio / visual features a native folder lacks but could have: say how to compute them."""
+    if not absent or not (is_dataset_path(name) and Path(name).is_dir()):
+        return
+    from merc.data.formats.native import read_media
+
+    media = read_media(name)
+    computable = [m for m in absent if any(any(s is not None for s in cm.stream(m)) for cm in media.values())]
+    if computable:
+        letters = "".join(computable)
+        raise DataError(
+            f"dataset {name} has no {', '.join(MODALITY_NAMES[m] for m in computable)} features yet, but its "
+            f"conversations name media files: compute them once with `merc extract --dataset {name} "
+            f"--modalities {letters}`"
+        )
 
 
 def is_dataset_path(name: str) -> bool:

@@ -53,7 +53,9 @@ class MediaExtractor(Protocol):
     name: str
     modality: str
     stream: str
-    frame_level: bool
+
+    @property
+    def frame_level(self) -> bool: ...
 
     @property
     def dim(self) -> int: ...
@@ -134,7 +136,7 @@ def _read_cache(path: Path, count: int, dim: int) -> tuple[list[np.ndarray], dic
 
 def _write_cache(path: Path, rows: list[np.ndarray], extras: Mapping[str, np.ndarray], frame_level: bool) -> None:
     mats = [r.reshape(-1, r.shape[-1]) if frame_level else r.reshape(1, -1) for r in rows]
-    arrays = {
+    arrays: dict[str, np.ndarray] = {
         "values": np.concatenate(mats).astype(np.float32),
         "lengths": np.array([len(m) for m in mats], dtype=np.int64),
         **{f"extra_{k}": np.asarray(v) for k, v in extras.items()},
@@ -144,7 +146,7 @@ def _write_cache(path: Path, rows: list[np.ndarray], extras: Mapping[str, np.nda
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.npz", dir=path.parent)
     os.close(fd)
     try:
-        np.savez(tmp, **arrays)
+        np.savez(tmp, **arrays)  # type: ignore[arg-type]  # numpy stubs read **kwds as allow_pickle
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -186,10 +188,10 @@ def extract_segments(
     present = np.array([s is not None for s in segments], dtype=bool)
     rows: list[np.ndarray | None] = [None] * n
     extras: dict[str, np.ndarray] = {}
-    plan = []
+    plan: list[tuple[Path, list[int], list[MediaSegment], Path]] = []
     for path, idx in groups.items():
-        segs = [segments[i] for i in idx]
-        plan.append((path, idx, segs, _cache_path(extractor, cache_key(extractor, file_digest(path), segs))))  # type: ignore[arg-type]
+        segs = [s for s in (segments[i] for i in idx) if s is not None]
+        plan.append((path, idx, segs, _cache_path(extractor, cache_key(extractor, file_digest(path), segs))))
     todo = [p for p in plan if not p[3].is_file()]
     if todo and show_progress:
         print(

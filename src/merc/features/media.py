@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -271,9 +270,9 @@ def video_duration(path: Path) -> float:
 def video_frames(path: Path, times: Sequence[float], where: str = "") -> Iterator[tuple[int, np.ndarray]]:
     """Decode ``path`` once and yield ``(i, grey frame)`` for each requested time ``times[i]``.
 
-    The frame for time ``t`` is the last frame whose timestamp is ``<= t`` (the one on
-    screen at ``t``; the first frame for ``t`` before it). ``times`` may come in any
-    order; the frames come in time order.
+    The frame for time ``t`` (seconds from the stream's first timestamp) is the last
+    frame whose timestamp is ``<= t`` (the one on screen at ``t``; the first frame for
+    ``t`` before it). ``times`` may come in any order; the frames come in time order.
 
     Shapes:
         - each frame: ``uint8 [H, W]``.
@@ -294,8 +293,10 @@ def video_frames(path: Path, times: Sequence[float], where: str = "") -> Iterato
     previous: Any = None
     try:
         stream = container.streams.video[0]
+        # Times count from the start of the stream (MPEG-TS and some mp4 start later than 0).
+        offset = float(stream.start_time * stream.time_base) if stream.start_time and stream.time_base else 0.0
         for frame in container.decode(stream):
-            t = float(frame.time) if frame.time is not None else math.inf
+            t = float(frame.time) - offset if frame.time is not None else math.inf
             # Every requested time before this frame's timestamp shows the previous frame.
             while j < len(sorted_times) and sorted_times[j] < t:
                 shown = previous if previous is not None else frame
@@ -313,12 +314,3 @@ def video_frames(path: Path, times: Sequence[float], where: str = "") -> Iterato
         container.close()
     if j < len(sorted_times):
         raise DataError(f"{prefix}{path}: its video stream holds no frames")
-
-
-def describe_path(path: Path) -> str:
-    """The path relative to the working folder where that is shorter, for messages."""
-    try:
-        rel = os.path.relpath(path)
-    except ValueError:
-        return str(path)
-    return rel if len(rel) < len(str(path)) else str(path)

@@ -11,8 +11,9 @@ Per utterance, frames are sampled from its time span at ``fps`` (default 5;
 1. downscale so the longer side is at most ``max_side`` pixels, equalise the histogram;
 2. detect faces (scale step 1.1, 5 neighbours, at least ``min_face`` of the shorter
    side); keep the largest. A frame without one is counted, not described;
-3. find the eyes in the upper 60 % of the face; with two (left and right half, tilt
-   under 30 degrees) rotate so the eye line is level (the *aligned* crop);
+3. find the eyes in the upper 60 % of the face (enlarged to at least 128 pixels wide)
+   and a smile in its lower half; with two eyes (left and right half, tilt under 30
+   degrees) rotate so the eye line is level (the *aligned* crop);
 4. the aligned face, resized to 64 x 64, is described by a HOG (Dalal & Triggs,
    CVPR 2005: 9 orientation bins, 16-pixel cells, 2 x 2-cell blocks with a 16-pixel
    stride, L2-Hys: 324 values), plus 8 geometry values: face centre x, y and width,
@@ -45,6 +46,8 @@ VISUAL_EXTRACTORS: tuple[str, ...] = ("faces",)
 DEFAULT_VISUAL_EXTRACTOR = "faces"
 #: Side (pixels) of the aligned face crop the HOG describes.
 CROP = 64
+#: Faces narrower than this (pixels) are enlarged to it before the eye and smile search.
+FEATURE_SIDE = 128
 #: HOG layout: window, block, block stride, cell, bins (OpenCV HOGDescriptor order).
 HOG_LAYOUT: tuple[int, int, int, int, int] = (64, 32, 16, 16, 9)
 GEOMETRY_NAMES: tuple[str, ...] = (
@@ -107,7 +110,10 @@ class FaceExtractor:
     library = "opencv-python-headless"
     modality = "v"
     stream = "video"
-    frame_level = False
+
+    @property
+    def frame_level(self) -> bool:
+        return False
 
     def __init__(self, fps: float = 5.0, max_side: int = 480, min_face: float = 0.08) -> None:
         if not (isinstance(fps, int | float) and math.isfinite(fps) and 0 < fps <= 120):
@@ -130,8 +136,8 @@ class FaceExtractor:
             "max_side": self.max_side,
             "min_face": self.min_face,
             "detector": "haarcascade_frontalface_default.xml, scale 1.1, 5 neighbours, largest face",
-            "eyes": "haarcascade_eye.xml in the upper 60% of the face",
-            "smile": "haarcascade_smile.xml in the lower half of the face",
+            "eyes": "haarcascade_eye.xml in the upper 60% of the face, enlarged to >= 128 px, 5 neighbours",
+            "smile": "haarcascade_smile.xml in the lower half of the face, enlarged to >= 128 px, 15 neighbours",
             "crop": CROP,
             "hog": dict(zip(("window", "block", "stride", "cell", "bins"), HOG_LAYOUT)),
             "frame_features": [*GEOMETRY_NAMES, f"hog[{_HOG_DIM}]"],
@@ -184,28 +190,34 @@ class FaceExtractor:
         # Largest face; ties broken by position so the choice never depends on detector order.
         x, y, fw, fh = (int(v) for v in sorted(faces.tolist(), key=lambda b: (-b[2] * b[3], b[1], b[0]))[0])
         cx, cy = x + fw / 2, y + fh / 2
-        top = img[y : y + int(0.6 * fh), x : x + fw]
-        eyes = eye_model.detectMultiScale(top, scaleFactor=1.1, minNeighbors=5, minSize=(max(8, fw // 8),) * 2)
+        # Eyes and smile are searched in the face enlarged to FEATURE_SIDE pixels: small faces have tiny eyes.
+        zoom = max(1.0, FEATURE_SIDE / fw)
+        face = img[y : y + fh, x : x + fw]
+        if zoom > 1.0:
+            face = cv2.resize(face, (round(fw * zoom), round(fh * zoom)), interpolation=cv2.INTER_LINEAR)
+        zw, zh = face.shape[1], face.shape[0]
+        eyes = eye_model.detectMultiScale(
+            face[: int(0.6 * zh)], scaleFactor=1.1, minNeighbors=5, minSize=(max(8, zw // 8),) * 2
+        )
         eye_centres = sorted(
             ((ex + ew / 2, ey + eh / 2, ew * eh) for ex, ey, ew, eh in np.asarray(eyes).reshape(-1, 4)),
-            key=lambda e: -e[2],
+            key=lambda e: (-e[2], e[0], e[1]),
         )
-        left = next((e for e in eye_centres if e[0] < fw / 2), None)
-        right = next((e for e in eye_centres if e[0] >= fw / 2), None)
+        left = next((e for e in eye_centres if e[0] < zw / 2), None)
+        right = next((e for e in eye_centres if e[0] >= zw / 2), None)
         angle, distance, found = 0.0, 0.0, float((left is not None) + (right is not None))
         if left is not None and right is not None:
             tilt = math.atan2(right[1] - left[1], right[0] - left[0])
             if abs(tilt) < _MAX_EYE_TILT:
-                angle, distance = tilt, math.hypot(right[0] - left[0], right[1] - left[1]) / fw
+                angle, distance = tilt, math.hypot(right[0] - left[0], right[1] - left[1]) / zw
+        smiles = smile_model.detectMultiScale(
+            face[zh // 2 :], scaleFactor=1.1, minNeighbors=15, minSize=(max(10, zw // 4), max(5, zh // 8))
+        )
         # Rotate about the face centre so the eye line is level, scaled so the face box fills the crop.
         m = cv2.getRotationMatrix2D((cx, cy), math.degrees(angle), CROP / fw)
         m[0, 2] += CROP / 2 - cx
         m[1, 2] += CROP / 2 - cy
         crop = cv2.warpAffine(img, m, (CROP, CROP), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        lower = img[y + fh // 2 : y + fh, x : x + fw]
-        smiles = smile_model.detectMultiScale(
-            lower, scaleFactor=1.1, minNeighbors=15, minSize=(max(10, fw // 4), max(5, fh // 8))
-        )
         geometry = np.array(
             [cx / w, cy / h, fw / w, fh / h, found / 2, angle, distance, float(len(smiles) > 0)], dtype=np.float32
         )

@@ -23,7 +23,8 @@ absolute paths work too):
 - ``video``: the same for video files (mp4, mkv, avi, ...). Audio features of an
   utterance without ``audio`` come from its video's audio track;
 - ``start`` / ``end``: per utterance, seconds from the start of the file. Required
-  (numbers) with a dialogue-level file; with per-utterance files optional, a segment
+  (numbers) with a dialogue-level file, whose utterances they locate (per-utterance
+  files beside it are used whole); with per-utterance files only, optional: a segment
   of each file (``null``: from the beginning / to the end).
 
 :func:`read_media` parses them (:class:`MediaSegment` per utterance and stream);
@@ -285,6 +286,15 @@ def _swap_into_place(tmp: Path, folder: Path) -> None:
         os.replace(tmp, folder)
 
 
+def read_metadata(folder: str | Path) -> dict[str, Any]:
+    """The checked ``metadata.json`` of a native dataset folder.
+
+    Raises:
+        DataError: Missing, not JSON, or lacking or mistyping a required key.
+    """
+    return _read_metadata(Path(folder))
+
+
 def _read_metadata(folder: Path) -> dict[str, Any]:
     path = folder / METADATA_FILE
     if not path.is_file():
@@ -462,6 +472,8 @@ def _parse_media(rec: Mapping[str, Any], where: str, folder: Path) -> Conversati
         if e is not None and e <= 0:
             raise DataError(f"{where}: utterance {uids[i]!r}: end {e:g} s is not after the start of the file")
     streams: dict[str, tuple[MediaSegment | None, ...]] = {}
+    # The times locate utterances in a dialogue-level file; beside one, per-utterance files are used whole.
+    dialogue_level = any(isinstance(rec.get(k), str) for k in MEDIA_STREAMS)
     for key in MEDIA_STREAMS:
         value = rec.get(key)
         if value is None:
@@ -492,7 +504,8 @@ def _parse_media(rec: Mapping[str, Any], where: str, folder: Path) -> Conversati
                 continue
             if not isinstance(p, str) or not p.strip():
                 raise DataError(f"{where}: utterance {uids[i]!r}: {key!r} must be a file name or null, got {p!r}")
-            segs.append(MediaSegment(folder / p, starts[i], ends[i], p, key, str(rec["id"]), uids[i], shared))
+            start, end = (starts[i], ends[i]) if shared or not dialogue_level else (None, None)
+            segs.append(MediaSegment(folder / p, start, end, p, key, str(rec["id"]), uids[i], shared))
         streams[key] = tuple(segs)
     return ConversationMedia(audio=streams["audio"], video=streams["video"])
 
