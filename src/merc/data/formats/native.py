@@ -57,7 +57,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -336,6 +336,18 @@ def _read_metadata(folder: Path) -> dict[str, Any]:
     return meta
 
 
+def _records(conv_path: Path, num_classes: int) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(where, record)`` per non-blank line of ``conversations.jsonl``, each checked by :func:`_parse_record`.
+
+    Read as bytes and decoded line by line, so a non-UTF-8 byte is reported with its line number.
+    """
+    with conv_path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if raw.strip():
+                where = f"{conv_path}:{lineno}"
+                yield where, _parse_record(raw, where, num_classes)
+
+
 def _parse_record(raw: bytes, where: str, num_classes: int) -> dict[str, Any]:
     try:
         rec = json.loads(raw.decode("utf-8"))
@@ -526,15 +538,10 @@ def read_media(folder: str | Path) -> dict[str, ConversationMedia]:
     if not conv_path.is_file():
         raise DataError(f"{conv_path}: missing; a native dataset needs one JSON line per conversation")
     out: dict[str, ConversationMedia] = {}
-    with conv_path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            where = f"{conv_path}:{lineno}"
-            rec = _parse_record(raw, where, len(meta["label_names"]))
-            media = _parse_media(rec, where, folder)
-            if media is not None:
-                out[rec["id"]] = media
+    for where, rec in _records(conv_path, len(meta["label_names"])):
+        media = _parse_media(rec, where, folder)
+        if media is not None:
+            out[rec["id"]] = media
     return out
 
 
@@ -610,33 +617,27 @@ def read_native(folder: str | Path, require_all_splits: bool = True, read_featur
     by_id: dict[str, Conversation] = {}
     vocab = set(meta["speaker_vocab"])
     with_media: set[str] = set()
-    # Bytes, decoded line by line: a non-UTF-8 byte is reported with its line number.
-    with conv_path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            where = f"{conv_path}:{lineno}"
-            rec = _parse_record(raw, where, len(meta["label_names"]))
-            if rec["id"] in by_id:
-                raise DataError(f"{where}: conversation id {rec['id']!r} repeats an earlier line")
-            strangers = sorted(set(rec["speakers"]) - vocab)
-            if strangers:
-                raise DataError(f"{where}: speaker {strangers[0]!r} is not in metadata.json speaker_vocab")
-            conv = Conversation(
-                id=rec["id"],
-                speakers=rec["speakers"],
-                labels=np.asarray(rec["labels"], dtype=np.int64),
-                utterance_ids=rec["utterance_ids"],
-                texts=rec["texts"],
-                split=rec["split"],
-                meta=rec["meta"],
-            )
-            if len(conv.utterance_ids) != len(conv):
-                raise DataError(f"{where}: {len(conv.utterance_ids)} utterance ids for {len(conv)} labels")
-            if _parse_media(rec, where, folder) is not None:
-                with_media.add(conv.id)
-            by_id[conv.id] = conv
-            splits.setdefault(rec["split"], []).append(conv)
+    for where, rec in _records(conv_path, len(meta["label_names"])):
+        if rec["id"] in by_id:
+            raise DataError(f"{where}: conversation id {rec['id']!r} repeats an earlier line")
+        strangers = sorted(set(rec["speakers"]) - vocab)
+        if strangers:
+            raise DataError(f"{where}: speaker {strangers[0]!r} is not in metadata.json speaker_vocab")
+        conv = Conversation(
+            id=rec["id"],
+            speakers=rec["speakers"],
+            labels=np.asarray(rec["labels"], dtype=np.int64),
+            utterance_ids=rec["utterance_ids"],
+            texts=rec["texts"],
+            split=rec["split"],
+            meta=rec["meta"],
+        )
+        if len(conv.utterance_ids) != len(conv):
+            raise DataError(f"{where}: {len(conv.utterance_ids)} utterance ids for {len(conv)} labels")
+        if _parse_media(rec, where, folder) is not None:
+            with_media.add(conv.id)
+        by_id[conv.id] = conv
+        splits.setdefault(rec["split"], []).append(conv)
 
     if computed_text:
         untranscribed = [c.id for c in by_id.values() if c.texts is None]
