@@ -6,10 +6,16 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from helpers import make_dataset
 from merc.cli import main
+from merc.config import load_yaml
+from merc.data.batching import to_tensors
 from merc.data.formats.native import write_native
+from merc.data.registry import load_dataset
+from merc.data.transforms import standardize_features
+from merc.training.runner import run_info, selected_trainers, training_statistics
 
 #: Overrides that keep a training a fraction of a second.
 CHEAP = ["model.hidden_size=4", "model.dense_size=4", "training.epochs=2", "training.batch_size=2", "--quiet"]
@@ -45,3 +51,14 @@ def train(dataset: Path, out: Path, modalities: str, *extra: str, seeds: str = "
 
 def utterance_probabilities(rows: list[dict]) -> np.ndarray:
     return np.array([list(r["probabilities"].values()) for r in rows])
+
+
+def evaluate_path(run: Path, seed: int) -> tuple[np.ndarray, float]:
+    """Test-split probabilities and accuracy of ``seed`` through the code ``merc evaluate`` runs."""
+    recipe = load_yaml(run / "config.yaml")
+    info = run_info(run, recipe)
+    raw = load_dataset(info["dataset_arg"], modalities=info["modalities"], show_progress=False)
+    data = standardize_features(raw, statistics=training_statistics(raw))
+    trainer = selected_trainers(run, recipe, data)[seed]
+    preds, labels, logits = trainer.predict(to_tensors(data)["test"])
+    return torch.softmax(torch.from_numpy(logits), -1).numpy(), float((preds == labels).mean() * 100)

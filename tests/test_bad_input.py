@@ -839,6 +839,49 @@ CASES += [
         ),
         "its audio features are 5-d, the model was trained on 6-d",
     ),
+    # Media fields of the utterance table: the native format's checks, the input file and dialogue named.
+    Case(
+        "predict: media for a provided-features model",
+        _predict(None, ("in.csv", "dialogue_id,speaker,text,audio\nd1,s0,hello,sound.wav\n")),
+        "the model's audio features are provided features (6-d) that came with its training data (not computed "
+        "by merc), so they cannot be recomputed from the input's media",
+    ),
+    Case(
+        "predict: csv times without a media file",
+        _predict(None, ("in.csv", "dialogue_id,speaker,text,start,end\nd1,s0,hi,0,1\n")),
+        "in.csv: dialogue 'd1': 'start'/'end' given but no 'audio' or 'video' file they refer to",
+    ),
+    Case(
+        "predict: csv start without end",
+        _predict(None, ("in.csv", "dialogue_id,speaker,text,audio,start\nd1,s0,hi,a.wav,0\n")),
+        "in.csv: dialogue 'd1': 'start' given without 'end'; give both",
+    ),
+    Case(
+        "predict: csv empty segment",
+        _predict(None, ("in.csv", "dialogue_id,speaker,text,audio,start,end\nd1,s0,hi,a.wav,1,1\n")),
+        "utterance 'd1_0': empty segment (start 1 s, end 1 s)",
+    ),
+    Case(
+        "predict: csv one file for two utterances without times",
+        _predict(None, ("in.csv", "dialogue_id,speaker,text,audio\nd1,s0,hi,a.wav\nd1,s1,yo,a.wav\n")),
+        "'audio' a.wav is named by 2 utterances, so each needs its 'start' and 'end' seconds; utterance 'd1_0'",
+    ),
+    Case(
+        "predict: jsonl times not numbers",
+        _predict(
+            None,
+            (
+                "in.jsonl",
+                '{"dialogue_id": "d", "speaker": "s0", "text": "hi", "audio": "a.wav", "start": "soon", "end": 1}\n',
+            ),
+        ),
+        "utterance 'd_0': 'start' must be a number of seconds, got 'soon'",
+    ),
+    Case(
+        "predict: jsonl audio a number",
+        _predict(None, ("in.jsonl", '{"dialogue_id": "d", "speaker": "s0", "text": "hi", "audio": 3}\n')),
+        "utterance 'd_0': 'audio' must be a file name or null, got 3",
+    ),
     Case("predict: --split dev", _predict(None, None, "--split", "dev"), "--split 'dev' is not one of"),
     Case("predict: --split of a csv", _predict(None, ("in.csv", _CSV), "--split", "test"), "only a native dataset"),
     Case("predict: --batch-size 0", _predict(None, None, "--batch-size", "0"), "--batch-size 0"),

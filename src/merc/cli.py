@@ -98,9 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="predict the emotion of every utterance of new conversations",
         description=(
             "Predict with a run folder or a bundle. --input: a native dataset folder, or a .csv / .jsonl "
-            "with the fields dialogue_id, speaker, text (optional: utterance_index, utterance_id, label), or a "
-            ".txt transcript of 'SPEAKER: text' lines (a blank line between dialogues). --out: .jsonl or .csv, "
-            "one row per utterance."
+            "with the fields dialogue_id, speaker, text (optional: utterance_index, utterance_id, label; audio, "
+            "video: media paths relative to the file, start, end: seconds within them), or a .txt transcript of "
+            "'SPEAKER: text' lines (a blank line between dialogues). Audio/visual features are computed from the "
+            "media with the extractors and settings the model was trained with; utterances without media are "
+            "predicted with that modality missing. --out: .jsonl or .csv, one row per utterance."
         ),
     )
     p.add_argument("model", help="run folder (merc train --out) or bundle (merc bundle --out)")

@@ -13,26 +13,10 @@ import pytest
 import torch
 
 from merc.cli import main
-from merc.config import load_yaml
-from merc.data.batching import to_tensors
-from merc.data.registry import load_dataset
-from merc.data.transforms import standardize_features
 from merc.inference.bundle import bundle_from_run, load_bundle
 from merc.inference.predict import speaker_ids, uses_global_speakers
 from merc.models import build_model
-from merc.training.runner import run_info, selected_trainers, training_statistics
-from predict_helpers import train, utterance_probabilities, write_text_dataset
-
-
-def evaluate_path(run: Path, seed: int) -> tuple[np.ndarray, float]:
-    """Test-split probabilities and accuracy of ``seed`` through the code ``merc evaluate`` runs."""
-    recipe = load_yaml(run / "config.yaml")
-    info = run_info(run, recipe)
-    raw = load_dataset(info["dataset_arg"], modalities=info["modalities"], show_progress=False)
-    data = standardize_features(raw, statistics=training_statistics(raw))
-    trainer = selected_trainers(run, recipe, data)[seed]
-    preds, labels, logits = trainer.predict(to_tensors(data)["test"])
-    return torch.softmax(torch.from_numpy(logits), -1).numpy(), float((preds == labels).mean() * 100)
+from predict_helpers import evaluate_path, train, utterance_probabilities, write_text_dataset
 
 
 def read_jsonl(path: Path) -> list[dict]:

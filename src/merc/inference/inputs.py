@@ -3,8 +3,10 @@
 Formats, chosen by the path:
 
 - **a native dataset folder** (``metadata.json``, :mod:`merc.data.formats.native`): its
-  texts, speakers, labels (kept as gold labels) and any ``features/<m>.safetensors``;
-  every split is read (``--split`` picks one);
+  texts, speakers, labels (kept as gold labels), any ``features/<m>.safetensors`` (with
+  how they were made, ``meta.feature_specs``) and the media its conversations point to
+  (keys ``audio``, ``video``, ``start``, ``end``); every split is read (``--split`` picks
+  one);
 - **CSV** (``.csv``, UTF-8, header row) or **JSONL** (``.jsonl``, one JSON object per
   line), one row per utterance with the fields
 
@@ -17,8 +19,20 @@ Formats, chosen by the path:
   utterance_index no       order within the dialogue (integers); default: file order
   utterance_id   no        id copied to the output; default ``<dialogue_id>_<index>``
   label          no        gold emotion name, copied to the output as ``gold_label``
+  audio          no        the utterance's sound file (wav, flac, mp3, ogg, or anything
+                           with an audio track); empty / ``null``: none
+  video          no        the utterance's video file (mp4, mkv, ...); an utterance
+                           without ``audio`` gets its audio features from its track
+  start, end     no        seconds: where the utterance is in its ``audio`` / ``video``
+                           file; empty / ``null``: from the beginning / to the end
   ============== ========= ===========================================================
 
+  Media paths are relative to the input file (absolute paths work too). One recording
+  for a whole dialogue is named on each of its rows, each row with its ``start`` and
+  ``end``: a file named by several utterances of a dialogue needs both on each of them.
+  The media fields of a dialogue are checked exactly as the native format's media keys
+  (:func:`merc.data.formats.native.read_media`); the files themselves are opened only
+  when the model needs their features (:func:`merc.inference.predict.prepare`).
   Dialogues are kept in order of first appearance; other columns are ignored;
 - **a plain transcript** (``.txt``): one utterance per line ``SPEAKER: text``, a blank
   line between dialogues (named ``dialogue_1``, ``dialogue_2``, ...), lines starting with
@@ -36,12 +50,14 @@ from typing import Any
 
 import numpy as np
 
+from merc.data.formats.native import MEDIA_STREAMS, ConversationMedia, MediaSegment
 from merc.data.schema import SPLITS, UNLABELLED, Conversation
 from merc.errors import DataError
 
 #: Field names of the CSV / JSONL utterance table.
 REQUIRED_FIELDS: tuple[str, ...] = ("dialogue_id", "speaker", "text")
-OPTIONAL_FIELDS: tuple[str, ...] = ("utterance_index", "utterance_id", "label")
+MEDIA_FIELDS: tuple[str, ...] = ("audio", "video", "start", "end")
+OPTIONAL_FIELDS: tuple[str, ...] = ("utterance_index", "utterance_id", "label", *MEDIA_FIELDS)
 INPUT_SUFFIXES: tuple[str, ...] = (".csv", ".jsonl", ".txt")
 
 
@@ -56,6 +72,9 @@ class PredictInput:
         gold: Per dialogue id, the gold label name of each utterance (``None``: unlabelled).
         source: The path read.
         provided: Modalities whose features the input provides (native folders only).
+        dims: Their dims.
+        specs: How they were made (:func:`merc.features.spec.feature_specs` of the folder).
+        media: Per dialogue id with media, its audio and video segments per utterance.
     """
 
     conversations: list[Conversation]
@@ -64,10 +83,24 @@ class PredictInput:
     source: str
     provided: tuple[str, ...] = ()
     dims: dict[str, int] = field(default_factory=dict)
+    specs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    media: dict[str, ConversationMedia] = field(default_factory=dict)
 
     @property
     def num_utterances(self) -> int:
         return sum(len(c) for c in self.conversations)
+
+    def segments(self, modality: str) -> list[MediaSegment | None]:
+        """Per utterance (dialogue-major), the media segment ``modality``'s features come from, or ``None``.
+
+        Audio comes from the ``audio`` file, else from the audio track of the ``video``
+        file (:meth:`ConversationMedia.audio_source`); visual from the ``video`` file.
+        """
+        out: list[MediaSegment | None] = []
+        for conv in self.conversations:
+            media = self.media.get(conv.id)
+            out.extend(media.stream(modality) if media is not None else (None,) * len(conv))
+        return out
 
 
 def read_input(path: str | Path, split: str | None = None) -> PredictInput:
@@ -107,7 +140,8 @@ def read_input(path: str | Path, split: str | None = None) -> PredictInput:
 
 
 def _read_native(folder: Path, split: str | None) -> PredictInput:
-    from merc.data.formats.native import read_native
+    from merc.data.formats.native import read_media, read_native
+    from merc.features.spec import feature_specs
 
     if split is not None and split not in SPLITS:
         raise DataError(f"--split {split!r} is not one of {', '.join(SPLITS)}")
@@ -123,7 +157,10 @@ def _read_native(folder: Path, split: str | None) -> PredictInput:
         present[conv.id] = np.array([bool(t.strip()) for t in texts])
         gold[conv.id] = [dataset.label_names[int(y)] if y != UNLABELLED else None for y in conv.labels]
         out.append(conv.replace(texts=texts))
-    return PredictInput(out, present, gold, str(folder), tuple(dataset.modalities), dataset.dims)
+    media = {cid: m for cid, m in read_media(folder).items() if cid in present}
+    return PredictInput(
+        out, present, gold, str(folder), tuple(dataset.modalities), dataset.dims, feature_specs(dataset), media
+    )
 
 
 def _check_fields(keys: Any, where: str) -> None:
@@ -215,6 +252,7 @@ def _from_rows(rows: list[dict[str, Any]], path: Path) -> PredictInput:
     convs: list[Conversation] = []
     present: dict[str, np.ndarray] = {}
     gold: dict[str, list[str | None]] = {}
+    media: dict[str, ConversationMedia] = {}
     for dia, group in by_dialogue.items():
         if any(r.get("utterance_index") not in (None, "") for r in group):
             indexed = [(_index(r), r) for r in group]
@@ -239,7 +277,63 @@ def _from_rows(rows: list[dict[str, Any]], path: Path) -> PredictInput:
                 split="test",
             )
         )
-    return PredictInput(convs, present, gold, str(path))
+        found = _row_media(group, dia, utt_ids, path)
+        if found is not None:
+            media[dia] = found
+    return PredictInput(convs, present, gold, str(path), media=media)
+
+
+def _media_value(row: dict[str, Any], key: str) -> Any:
+    """A media field as the native format's media keys hold it: ``None`` for an empty cell."""
+    value = row.get(key)
+    if isinstance(value, str):
+        value = value.strip()
+        if not value:
+            return None
+        if key in ("start", "end"):
+            try:
+                return float(value)  # a CSV cell is text; the native check then sees the number
+            except ValueError:
+                return value  # refused by the native check, with the utterance named
+    return value
+
+
+def _row_media(group: list[dict[str, Any]], dia: str, utt_ids: list[str], path: Path) -> ConversationMedia | None:
+    """The media fields of one dialogue's rows, checked by the native format's own reader.
+
+    The rows become the media keys of a native conversations.jsonl record (per-utterance
+    lists, ``null`` where a row has none) and go through
+    :func:`merc.data.formats.native.read_media`'s parser, so both formats give the same
+    errors. One more rule, which the native format states with a dialogue-level file: a
+    file named by several utterances of the dialogue needs each one's ``start`` and ``end``.
+    """
+    from merc.data.formats.native import parse_media
+
+    values = {key: [_media_value(r, key) for r in group] for key in MEDIA_FIELDS}
+    record: dict[str, Any] = {
+        "id": dia,
+        "labels": [UNLABELLED] * len(group),
+        "utterance_ids": utt_ids,
+        **{key: (v if any(x is not None for x in v) else None) for key, v in values.items()},
+    }
+    where = f"{path}: dialogue {dia!r}"
+    media = parse_media(record, where, path.parent)
+    if media is None:
+        return None
+    for key in MEDIA_STREAMS:
+        named: dict[str, list[int]] = {}
+        for i, value in enumerate(values[key]):
+            if isinstance(value, str):
+                named.setdefault(str((path.parent / value).resolve()), []).append(i)
+        for indices in named.values():
+            untimed = [i for i in indices if values["start"][i] is None or values["end"][i] is None]
+            if len(indices) > 1 and untimed:
+                i = untimed[0]
+                raise DataError(
+                    f"{where}: {key!r} {values[key][i]} is named by {len(indices)} utterances, so each needs its "
+                    f"'start' and 'end' seconds; utterance {utt_ids[i]!r} has none"
+                )
+    return media
 
 
 def _index(row: dict[str, Any]) -> int:

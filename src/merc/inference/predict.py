@@ -5,14 +5,25 @@ bundle, :mod:`merc.inference.bundle`):
 
 1. **Features.** Text features made by a sentence encoder at training time are computed
    from the input's texts with the same encoder (and cached like every text feature,
-   :mod:`merc.features.text`). Provided features (``{"source": "provided"}``) come
-   from a native input folder's ``features/<m>.safetensors``.
+   :mod:`merc.features.text`). Audio and visual features made by a media extractor at
+   training time (``{"source": "audio-extractor"}`` / ``"visual-extractor"``, written by
+   ``merc extract``) are computed from the media the input names, with the extractor
+   rebuilt from the recorded specification
+   (:func:`merc.features.extract.extractor_from_spec`: same extractor, same settings)
+   and cached like ``merc extract``'s (:func:`merc.features.extract.extract_segments`);
+   a native input folder whose features file was made by that same extractor and
+   settings is read as it is. Provided features (``{"source": "provided"}``) come from
+   a native input folder's ``features/<m>.safetensors``; they cannot be recomputed from
+   media, so an input that has media but no such file is refused.
 2. **Missing modalities.** A modality the input lacks (no text for an utterance, no
-   audio file for a tav model) is marked unavailable in the availability mask
-   (``Batch.availability``) and its features are set to the training mean, as merc does
-   for missing data in training (:mod:`merc.data.missing`): models with
-   ``models_missing`` see the mask, the others see the mean. A warning line says how
-   many entries were missing, and each output row says which modalities it had.
+   audio or video for it, no face in any sampled frame of its video, no features for a
+   tav model) is marked unavailable in the availability mask (``Batch.availability``)
+   and its features are set to the training mean, as merc does for missing data in
+   training (:mod:`merc.data.missing`): models with ``models_missing`` see the mask, the
+   others see the mean. (A features file made by a media extractor holds a zero row
+   exactly there, :func:`merc.features.extract.extract_folder`; such rows are read as
+   missing too.) A warning line says how many entries were missing and why, and each
+   output row says which modalities it had.
 3. **Standardisation** with the training split's mean and std stored in the bundle.
 4. **Speakers.** Models that read per-dialogue party indices (most) need nothing. Models
    with ``speaker_ids="global"`` (CORECT's and COGMEN's IEMOCAP recipes, MMGCN, MM-DFN)
@@ -45,6 +56,7 @@ from merc.data.batching import ConversationTensors, conversation_tensors, iterat
 from merc.data.schema import MODALITIES, MODALITY_NAMES, Conversation, MercDataset
 from merc.data.transforms import standardize_features
 from merc.errors import ConfigError, DataError
+from merc.features.spec import MEDIA_SOURCES
 from merc.inference.bundle import Bundle, readable_by_umask
 from merc.inference.inputs import PredictInput
 
@@ -133,29 +145,165 @@ def _text_features(bundle: Bundle, data: PredictInput, show_progress: bool) -> n
     return feats
 
 
+def _same_extraction(given: dict[str, Any] | None, spec: dict[str, Any]) -> bool:
+    """Whether features made as ``given`` says are the features ``spec`` describes (library version aside)."""
+    keys = ("source", "extractor", "settings", "dim")
+    return given is not None and all(given.get(k) == spec.get(k) for k in keys)
+
+
+def _first(uids: Sequence[str], mask: np.ndarray) -> str:
+    return repr(next(u for u, bad in zip(uids, mask) if bad))
+
+
+def _media_features(
+    spec: dict[str, Any], data: PredictInput, m: str, show_progress: bool
+) -> tuple[np.ndarray, np.ndarray, str, list[str]]:
+    """``m``'s features of every utterance from the input's media, made as ``spec`` says.
+
+    Returns:
+        ``(features [N, d], available [N], why some are missing, warning lines)``.
+
+    Raises:
+        ConfigError: ``spec`` names an extractor or settings this merc cannot reproduce.
+        DataError: A missing or unreadable file, a segment outside its file
+            (:func:`merc.features.extract.extract_segments`; the utterance is named).
+    """
+    from merc.features.extract import extract_segments, extractor_from_spec
+
+    extractor = extractor_from_spec(spec)
+    if extractor.frame_level or extractor.dim != spec["dim"]:
+        raise ConfigError(
+            f"the model's {MODALITY_NAMES[m]} features ({_spec_phrase(spec)}) are not utterance-level features "
+            f"this merc's {extractor.name} extractor makes ({extractor.dim}-d); use the merc the model was trained with"
+        )
+    warnings: list[str] = []
+    now = extractor.spec().get("library_version")
+    if spec.get("library_version") and now != spec.get("library_version"):
+        warnings.append(
+            f"the model's {MODALITY_NAMES[m]} features were made with {spec.get('library')} "
+            f"{spec.get('library_version')}, this installation has {now}: the features may differ slightly"
+        )
+    result = extract_segments(data.segments(m), extractor, show_progress=show_progress, what=data.source)
+    assert result.features is not None  # utterance-level, checked above
+    uids = [u for c in data.conversations for u in c.utterance_ids]
+    available = result.present.copy()
+    reasons = []
+    if (~result.present).any():
+        what = "audio or video" if m == "a" else "video"
+        reasons.append(f"{int((~result.present).sum())} without {what} (first: {_first(uids, ~result.present)})")
+    if "face_frames" in result.extras:
+        no_face = result.present & (result.extras["face_frames"] == 0)
+        if no_face.any():
+            reasons.append(f"{int(no_face.sum())} with no face in any sampled frame (first: {_first(uids, no_face)})")
+        available &= ~no_face
+    return result.features, available, "; ".join(reasons), warnings
+
+
+def _route(bundle: Bundle, data: PredictInput, m: str) -> str:
+    """Where ``m``'s features come from: ``"provided"`` (the input's file), ``"extract"`` (its media) or ``"missing"``.
+
+    Raises:
+        DataError: The input's features file was made otherwise than the model's
+            features and there is no media to remake them, or the model's features came
+            with its training data and the input has media instead of features.
+    """
+    spec = bundle.feature_specs[m]
+    extracted = spec["source"] in MEDIA_SOURCES
+    has_media = m in ("a", "v") and any(s is not None for s in data.segments(m))  # text comes from no media
+    if m in data.provided and (not extracted or _same_extraction(data.specs.get(m), spec)):
+        if data.dims[m] != spec["dim"]:
+            raise DataError(
+                f"{data.source}: its {MODALITY_NAMES[m]} features are {data.dims[m]}-d, the model was trained on "
+                f"{spec['dim']}-d ones ({_spec_phrase(spec)})"
+            )
+        return "provided"
+    if extracted and has_media:
+        return "extract"
+    if m in data.provided:
+        raise DataError(
+            f"{data.source}: its {MODALITY_NAMES[m]} features are {_spec_phrase(data.specs.get(m) or {})}, the model "
+            f"was trained on {_spec_phrase(spec)}; name the media in the input (audio / video) so that merc computes "
+            "them as the model's were, or re-extract them with that extractor (merc extract --overwrite)"
+        )
+    if has_media and not extracted:
+        raise DataError(
+            f"{data.source}: the model's {MODALITY_NAMES[m]} features are {_spec_phrase(spec)} that came with its "
+            "training data (not computed by merc), so they cannot be recomputed from the input's media; give a "
+            f"native dataset folder with features/{m}.safetensors made the same way, or use a model trained on "
+            f"features merc extracts (merc extract --modalities {m})"
+        )
+    return "missing"
+
+
+def _provided_features(bundle: Bundle, data: PredictInput, m: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """``(features [N, d], available [N], why some are missing)`` from the input's features file."""
+    feats = np.concatenate([c.features[m] for c in data.conversations]).astype(np.float32)
+    if bundle.feature_specs[m]["source"] not in MEDIA_SOURCES:
+        return feats, np.ones(len(feats), dtype=bool), ""
+    # An extractor's zero row marks an utterance without media (or, visual, without a face).
+    available = np.asarray(feats.any(axis=1), dtype=bool)
+    if available.all():
+        return feats, available, ""
+    uids = [u for c in data.conversations for u in c.utterance_ids]
+    return (
+        feats,
+        available,
+        f"{int((~available).sum())} with a zero row in its features file: no media or no face "
+        f"(first: {_first(uids, ~available)})",
+    )
+
+
+def _unused_media(bundle: Bundle, data: PredictInput) -> list[str]:
+    """A warning when the input names media the model reads nothing from."""
+    audio = sum(s is not None for c in data.media.values() for s in c.audio)
+    video = sum(s is not None for c in data.media.values() for s in c.video)
+    unused = []
+    if audio and "a" not in bundle.modalities:
+        unused.append(f"audio files for {audio} utterance{'s' if audio > 1 else ''}")
+    if video and not {"a", "v"} & set(bundle.modalities):
+        unused.append(f"video files for {video} utterance{'s' if video > 1 else ''}")
+    if not unused:
+        return []
+    return [f"the input names {' and '.join(unused)}; the model ({''.join(bundle.modalities)}) does not use them"]
+
+
 def prepare(bundle: Bundle, data: PredictInput, show_progress: bool = True) -> tuple[MercDataset, list[str]]:
     """The input as a standardised one-split dataset with availability, plus warning lines.
+
+    Raises:
+        DataError: Input the model cannot be applied to: none of its modalities
+            present, features of other dims or made otherwise, media for features that
+            merc cannot recompute (``"provided"``), a missing or unreadable media file
+            or segment (the utterance is named), NaN features.
+        ConfigError: A recorded extractor this merc cannot rebuild.
 
     Shapes:
         - each conversation's ``features[m]``: ``[n_utt, d_m]``; ``availability``: ``[n_utt, 3]``.
     """
-    warnings: list[str] = []
+    from merc.features.media import check_segments
+
+    warnings: list[str] = _unused_media(bundle, data)
     n = data.num_utterances
+    media_modalities = [m for m in bundle.modalities if bundle.feature_specs[m]["source"] != "text-encoder"]
+    # Everything the input cannot give is refused, and every media file probed, before any work starts.
+    routes = {m: _route(bundle, data, m) for m in media_modalities}
+    for m in media_modalities:
+        if routes[m] == "extract":
+            check_segments(data.segments(m), "audio" if m == "a" else "video")
     avail = np.ones((n, len(MODALITIES)), dtype=bool)
     flat: dict[str, np.ndarray] = {}
+    why: dict[str, str] = {}
     for m in bundle.modalities:
         spec = bundle.feature_specs[m]
         col = MODALITIES.index(m)
         if spec["source"] == "text-encoder":
             flat[m] = _text_features(bundle, data, show_progress)
             avail[:, col] = np.concatenate([data.text_present[c.id] for c in data.conversations])
-        elif m in data.provided:
-            if data.dims[m] != spec["dim"]:
-                raise DataError(
-                    f"{data.source}: its {MODALITY_NAMES[m]} features are {data.dims[m]}-d, the model was trained on "
-                    f"{spec['dim']}-d ones ({_spec_phrase(spec)})"
-                )
-            flat[m] = np.concatenate([c.features[m] for c in data.conversations]).astype(np.float32)
+        elif routes[m] == "provided":
+            flat[m], avail[:, col], why[m] = _provided_features(bundle, data, m)
+        elif routes[m] == "extract":
+            flat[m], avail[:, col], why[m], extra = _media_features(spec, data, m, show_progress)
+            warnings += extra
         else:
             flat[m] = np.zeros((n, spec["dim"]), np.float32)
             avail[:, col] = False
@@ -169,9 +317,10 @@ def prepare(bundle: Bundle, data: PredictInput, show_progress: bool = True) -> t
     for m, col in zip(bundle.modalities, model_cols):
         missing = int((~avail[:, col]).sum())
         if missing:
+            reason = f" ({why[m]})" if why.get(m) else ""
             warnings.append(
                 f"the model was trained with {''.join(bundle.modalities)}; {MODALITY_NAMES[m]} is missing for "
-                f"{missing} of {n} utterances: predicting with the availability mask (missing features = "
+                f"{missing} of {n} utterances{reason}: predicting with the availability mask (missing features = "
                 "the training mean; each row's modalities_missing says which)"
             )
     convs: list[Conversation] = []

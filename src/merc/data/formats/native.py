@@ -452,7 +452,7 @@ def _seconds(value: Any, key: str, where: str, utterance: str) -> float | None:
     return float(value)
 
 
-def _parse_media(rec: Mapping[str, Any], where: str, folder: Path) -> ConversationMedia | None:
+def parse_media(rec: Mapping[str, Any], where: str, folder: Path) -> ConversationMedia | None:
     """The media keys of one record, checked for syntax; ``None`` when it has none."""
     if not any(rec.get(k) is not None for k in MEDIA_KEYS):
         return None
@@ -539,7 +539,7 @@ def read_media(folder: str | Path) -> dict[str, ConversationMedia]:
         raise DataError(f"{conv_path}: missing; a native dataset needs one JSON line per conversation")
     out: dict[str, ConversationMedia] = {}
     for where, rec in _records(conv_path, len(meta["label_names"])):
-        media = _parse_media(rec, where, folder)
+        media = parse_media(rec, where, folder)
         if media is not None:
             out[rec["id"]] = media
     return out
@@ -634,7 +634,7 @@ def read_native(folder: str | Path, require_all_splits: bool = True, read_featur
         )
         if len(conv.utterance_ids) != len(conv):
             raise DataError(f"{where}: {len(conv.utterance_ids)} utterance ids for {len(conv)} labels")
-        if _parse_media(rec, where, folder) is not None:
+        if parse_media(rec, where, folder) is not None:
             with_media.add(conv.id)
         by_id[conv.id] = conv
         splits.setdefault(rec["split"], []).append(conv)
