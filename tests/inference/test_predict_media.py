@@ -140,15 +140,22 @@ def test_predict_on_media_matches_evaluate(media_run, tmp_path) -> None:
     assert missing == {r["utterance_id"]: r["modalities_missing"] for r in native}
     without_v = {"train-d0_0", "train-d0_1", "train-d0_2", "valid-d0_1", "train-d1_2"}
     assert {u for u, m in missing.items() if m} == without_v and set(missing.values()) == {"", "v"}
-    # The features themselves: those training standardised, wherever the utterance has them.
+    # The features themselves: those training standardised, and the same availability (the
+    # extractor's zero rows are missing entries in training too, not all-zero features).
     raw = load_dataset(str(folder), modalities="tav", show_progress=False)
     trained = list(standardize_features(raw, statistics=training_statistics(raw)).conversations())
     prepared, _ = prepare(load_bundle(bundle), read_input(table), show_progress=False)
+
+    def availability(conv):
+        return conv.availability if conv.availability is not None else np.ones((len(conv), 3), bool)
+
+    training_missing = {conv.utterance_ids[i] for conv in trained for i in np.flatnonzero(~availability(conv)[:, 2])}
+    assert training_missing == without_v
     for ours, theirs in zip(prepared.conversations(), trained, strict=True):
         assert ours.id == theirs.id
-        avail = ours.availability if ours.availability is not None else np.ones((len(ours), 3), bool)
-        for col, m in enumerate("tav"):
-            np.testing.assert_allclose(ours.features[m][avail[:, col]], theirs.features[m][avail[:, col]], atol=1e-5)
+        np.testing.assert_array_equal(availability(ours), availability(theirs))
+        for m in "tav":
+            np.testing.assert_allclose(ours.features[m], theirs.features[m], atol=1e-5)
 
 
 def test_a_native_folder_with_media_and_no_feature_files(media_run, tmp_path) -> None:

@@ -57,7 +57,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,7 +66,7 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from merc.data.schema import SPLITS, UNLABELLED, Conversation, MercDataset, parse_modalities
+from merc.data.schema import MODALITIES, SPLITS, UNLABELLED, Conversation, MercDataset, parse_modalities
 from merc.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -545,6 +545,29 @@ def read_media(folder: str | Path) -> dict[str, ConversationMedia]:
     return out
 
 
+def _mark_unextracted(
+    modalities: tuple[str, ...], extraction: Mapping[str, Any], convs: Iterable[Conversation]
+) -> None:
+    """Mark the zero rows of features ``merc extract`` made as unavailable.
+
+    The extractors write a zero row for an utterance without media or without a face in
+    any sampled frame (and say so in ``meta.extraction.<m>``); as ``merc predict`` does,
+    training then treats that modality as missing for the utterance (availability mask,
+    training mean after standardisation) rather than as a real all-zero feature vector.
+    Features that did not come from ``merc extract`` are taken as given.
+    """
+    for m in modalities:
+        if m not in ("a", "v") or m not in extraction:
+            continue
+        col = MODALITIES.index(m)
+        for conv in convs:
+            empty = ~np.asarray(conv.features[m]).any(axis=1)
+            if empty.any():
+                if conv.availability is None:
+                    conv.availability = np.ones((len(conv), len(MODALITIES)), dtype=bool)
+                conv.availability[empty, col] = False
+
+
 def _read_features(path: Path, m: str, dim: int, convs: Mapping[str, Conversation]) -> None:
     if not path.is_file():
         raise DataError(f"{path}: missing; metadata.json lists modality {m!r}, so its features file is required")
@@ -656,6 +679,7 @@ def read_native(folder: str | Path, require_all_splits: bool = True, read_featur
                 f"compute it with `merc extract --dataset {folder} --modalities {m}`"
             )
         _read_features(path, m, meta["dims"][m], by_id)
+    _mark_unextracted(modalities, (meta.get("meta") or {}).get("extraction") or {}, by_id.values())
 
     dataset = MercDataset(
         name=str(meta["name"]),
