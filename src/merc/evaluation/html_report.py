@@ -34,7 +34,7 @@ import numpy as np
 
 from merc.errors import ConfigError, DataError
 from merc.evaluation.aggregate import aggregate_seeds, format_mean_std
-from merc.evaluation.imbalance import imbalance_png
+from merc.evaluation.imbalance import ALONE_REPORT_STEM, imbalance_png
 from merc.evaluation.report import METRIC_TITLES
 from merc.evaluation.robustness import REPORT_FILES, load_robustness_reports, plot_robustness
 
@@ -465,7 +465,7 @@ def imbalance_section(run: RunRecord) -> list[str]:
                 cls="unimodal",
             )
         )
-    alone = run.path / "unimodal_vs_alone.json"
+    alone = run.path / f"{ALONE_REPORT_STEM}.json"
     if alone.is_file():
         report = read_json(alone)
         rows = []

@@ -123,6 +123,9 @@ def unimodal_summary(unimodal_logits: Mapping[str, np.ndarray], labels: np.ndarr
     return out
 
 
+#: File stem of ``merc imbalance``'s comparison in a run folder (``.json``, ``.md``, ``.png``).
+ALONE_REPORT_STEM = "unimodal_vs_alone"
+
 MODALITY_COLOURS = {"t": "tab:blue", "a": "tab:orange", "v": "tab:green"}
 
 
@@ -229,6 +232,7 @@ def plot_imbalance(histories: Mapping[int, Sequence[Mapping[str, Any]]], path: s
 
 
 __all__ = [
+    "ALONE_REPORT_STEM",
     "imbalance_png",
     "modality_ratios",
     "plot_imbalance",

@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from merc.evaluation.aggregate import format_mean_std
+
 #: Column order of SPCL Table 3.
 MODALITY_ORDER = ("tav", "ta", "tv", "av", "t", "a", "v")
 
@@ -91,7 +93,7 @@ def _mark(test: tuple[float, float] | None) -> str:
 
 def _cell(entry: Mapping[str, Any], base: Mapping[str, Any] | None, metric: str) -> str:
     values = entry["test"][metric]
-    text = f"{values['mean']:.2f} ± {values['std']:.2f}"
+    text = format_mean_std(values)
     if base is not None and entry is not base:
         per_seed = dict(zip(entry["seeds"], values["per_seed"], strict=True))
         base_seed = dict(zip(base["seeds"], base["test"][metric]["per_seed"], strict=True))

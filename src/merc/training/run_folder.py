@@ -44,6 +44,7 @@ import torch
 
 from merc.data.schema import MercDataset
 from merc.errors import CheckpointError, RunFolderError
+from merc.evaluation.imbalance import ALONE_REPORT_STEM
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,6 @@ STATISTICS_FILE = "standardization.safetensors"
 IMBALANCE_PLOT = "imbalance.png"
 #: ``merc imbalance``: the alone runs' sub-folder and the comparison's file stem.
 ALONE_DIR = "alone"
-ALONE_REPORT_STEM = "unimodal_vs_alone"
 RUN_FOLDER_NAMES = (
     "config.yaml",
     FINGERPRINT_FILE,
