@@ -91,6 +91,11 @@ class Batch:
         complete: The batch before a model hid available entries from itself in training
             (``train_mask_rate``, :meth:`merc.models.base.MercModel.apply_availability`),
             so that it can reconstruct what it did not see; ``None`` otherwise.
+        sequences: Token/frame-level inputs per modality that has them, ``float [N, L_m, d'_m]``
+            over the real utterances in :attr:`flat_index` order, zero past each length
+            (``{}`` when the dataset carries none).
+        sequence_lengths: Per modality in ``sequences``, ``long [N]`` tokens/frames of each
+            utterance (0 where the utterance has none).
     """
 
     features: dict[str, Tensor]
@@ -106,6 +111,8 @@ class Batch:
     utterance_dialogue: Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
     utterance_position: Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
     complete: Batch | None = None
+    sequences: dict[str, Tensor] = field(default_factory=dict)
+    sequence_lengths: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def batch_size(self) -> int:
