@@ -10,13 +10,17 @@ Two measurements, text only, written to ``bench/results/predict.json``:
   recipe (384-d text input, 6 classes, 2 speakers), evaluation mode, ``torch.no_grad``,
   on iemocap6-sized inputs (the 31 test dialogues' lengths, 1,623 utterances, or
   dialogues of 52 utterances without the data) in batches of ``--batch-size`` dialogues;
-  the median of ``--repeats`` timed passes after one warm-up. Utterances/s.
+  the median of ``--repeats`` timed passes after one warm-up. Utterances/s. With
+  ``--precision bf16-mixed`` under bfloat16 autocast (``merc predict --precision``), each
+  model's logits compared with its float32 logits (largest probability difference,
+  share of equal predicted classes).
 
 The weights are random (a bundle of an untrained model): throughput does not depend on
 them. The issue's goal: at least 20,000 utterances/s model-only for bc-LSTM and CORECT.
 
-Run: ``.venv/bin/python bench/bench_predict.py [--threads 1] [--repeats 5] [--n 1623] [--models bclstm,corect]``
-(results of several thread counts are merged into the file, keyed by thread count).
+Run: ``.venv/bin/python bench/bench_predict.py [--threads 1] [--precision 32] [--repeats 5] [--n 1623] [--models bclstm,corect]``
+(results of several thread counts and precisions are merged into the file, keyed by
+thread count under ``model_only_by_threads`` (float32) or ``model_only_bf16_by_threads``).
 """
 
 from __future__ import annotations
@@ -82,7 +86,9 @@ def items_of(lengths: list[int], dim: int = 384, seed: int = 0) -> list[Conversa
     return out
 
 
-def model_only(lengths: list[int], batch_size: int, repeats: int, names: list[str]) -> dict[str, Any]:
+def model_only(
+    lengths: list[int], batch_size: int, repeats: int, names: list[str], precision: str = "32"
+) -> dict[str, Any]:
     items = items_of(lengths)
     batches = list(iterate_batches(items, ("t",), batch_size))
     n = sum(lengths)
@@ -92,15 +98,23 @@ def model_only(lengths: list[int], batch_size: int, repeats: int, names: list[st
             model = build_model(
                 name, in_dims={"t": 384}, num_classes=6, num_speakers=2, num_parties=2, **model_args(name)
             ).eval()
-            with torch.no_grad():
-                for b in batches:
-                    model(b)
+            low = precision == "bf16-mixed"
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=low):
+                probs = torch.cat([model(b).logits.float().softmax(-1) for b in batches])
                 times = []
                 for _ in range(repeats):
                     start = time.perf_counter()
                     for b in batches:
                         model(b)
                     times.append(time.perf_counter() - start)
+            agreement: dict[str, float] = {}
+            if low:
+                with torch.inference_mode():
+                    exact = torch.cat([model(b).logits.softmax(-1) for b in batches])
+                agreement = {
+                    "max_probability_difference_vs_fp32": float((probs - exact).abs().max()),
+                    "same_class_as_fp32": float((probs.argmax(-1) == exact.argmax(-1)).float().mean()),
+                }
         except (MercError, ValueError, TypeError, RuntimeError) as exc:
             out[name] = {"error": str(exc).splitlines()[0][:200]}
             print(f"{name:12s} error: {out[name]['error']}")
@@ -111,6 +125,7 @@ def model_only(lengths: list[int], batch_size: int, repeats: int, names: list[st
             "seconds_median": median,
             "seconds": times,
             "parameters": sum(p.numel() for p in model.parameters()),
+            **agreement,
         }
         print(f"{name:12s} {n / median:10,.0f} utt/s  ({median * 1000:.1f} ms for {n} utterances)")
     return out
@@ -180,13 +195,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="dialogues per batch (merc predict's default)")
     parser.add_argument("--n", type=int, default=1623, help="utterances of the end-to-end input")
     parser.add_argument("--models", default=None, help="comma-separated (default: every registered model)")
+    parser.add_argument("--precision", default="32", choices=["32", "bf16-mixed"], help="model-only precision")
     parser.add_argument("--skip-end-to-end", action="store_true")
     args = parser.parse_args()
     names = args.models.split(",") if args.models else list_models()
     torch.set_num_threads(args.threads)
     texts, speakers, source = iemocap_test_dialogues()
     lengths = [len(t) for t in texts]
-    print(f"inputs: {source}, {len(lengths)} dialogues, {sum(lengths)} utterances, {args.threads} thread(s)")
+    print(
+        f"inputs: {source}, {len(lengths)} dialogues, {sum(lengths)} utterances, {args.threads} thread(s), "
+        f"precision {args.precision}"
+    )
     # Runs with other thread counts or models are merged into the file, keyed by thread count.
     results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     results.update(
@@ -197,8 +216,10 @@ def main() -> None:
             "torch": torch.__version__,
         }
     )
-    by_threads = results.setdefault("model_only_by_threads", {})
-    by_threads.setdefault(str(args.threads), {}).update(model_only(lengths, args.batch_size, args.repeats, names))
+    key = "model_only_by_threads" if args.precision == "32" else "model_only_bf16_by_threads"
+    by_threads = results.setdefault(key, {})
+    measured = model_only(lengths, args.batch_size, args.repeats, names, args.precision)
+    by_threads.setdefault(str(args.threads), {}).update(measured)
     if not args.skip_end_to_end:
         results.setdefault("end_to_end_bclstm_by_threads", {})[str(args.threads)] = end_to_end(texts, speakers, args.n)
     RESULTS.parent.mkdir(exist_ok=True)

@@ -118,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
         "order of appearance (default), or refuse them",
     )
     p.add_argument("--batch-size", type=int, default=64, help="dialogues per batch (default 64)")
+    p.add_argument(
+        "--precision",
+        default="32",
+        choices=["32", "bf16-mixed"],
+        help="32 (default): the float32 model, as merc evaluate runs it; bf16-mixed: bfloat16 autocast, "
+        "about twice as fast on CPUs with native bfloat16, probabilities within about 1e-2",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     _add_data_root(p)
@@ -493,6 +500,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         device=device,
         unknown_speakers=args.unknown_speakers,
         show_progress=not args.quiet,
+        precision=args.precision,
     )
     for line in result.warnings:
         print(f"merc: warning: {line}", file=sys.stderr)

@@ -135,6 +135,18 @@ def test_text_predictions_match_evaluate(text_run, tmp_path) -> None:
     assert (got.argmax(1) == expected.argmax(1)).all()
 
 
+def test_bfloat16_predictions_are_close_to_float32(text_run, tmp_path) -> None:
+    folder, run = text_run
+    probs = {}
+    for precision in ("32", "bf16-mixed"):
+        out = tmp_path / f"p{precision}.jsonl"
+        args = ["predict", str(run), "--input", str(folder), "--split", "test", "--out", str(out), "--quiet"]
+        assert main([*args, "--precision", precision]) == 0
+        probs[precision] = utterance_probabilities(read_jsonl(out))
+    assert not np.array_equal(probs["32"], probs["bf16-mixed"])  # it did run in bfloat16
+    np.testing.assert_allclose(probs["bf16-mixed"], probs["32"], atol=2e-2)
+
+
 def test_tav_model_on_text_only_input_uses_the_availability_mask(tmp_path, capsys) -> None:
     folder = write_text_dataset(tmp_path / "ds", ["t", "a", "v"], with_av=True)
     run = train(folder, tmp_path / "run", "tav", seeds="0")

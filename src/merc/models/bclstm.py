@@ -99,6 +99,6 @@ class BcLSTM(MercModel):
     def fuse(self, batch: Batch, codes: Mapping[str, Tensor]) -> ModelOutput:
         fused = torch.cat([codes[m] for m in self.modalities], dim=-1)  # [N, M * dense]
         if self.fusion_rnn is not None:
-            fused = batch.flatten(self.fusion_rnn(batch.unflatten(fused), batch.lengths))
+            fused = self.fusion_rnn.forward_flat(fused, batch)
         hidden = self.drop(F.relu(self.fusion_dense(fused)))
         return ModelOutput(logits=self.classifier(hidden), embeddings=hidden)

@@ -181,7 +181,7 @@ class DialogueGCNNetwork(nn.Module):
 
     def forward(self, x: Tensor, batch: Batch, graph: DialogueGCNGraph, edge_type: Tensor) -> tuple[Tensor, Tensor]:
         if isinstance(self.context, ContextualRNN):
-            g = batch.flatten(self.context(batch.unflatten(x), batch.lengths))
+            g = self.context.forward_flat(x, batch)
         else:
             g = self.context(x)
         features = g

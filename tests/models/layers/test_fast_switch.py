@@ -25,6 +25,7 @@ from merc.models.layers.dropout import FastDropout, dropout, relu_dropout
 from merc.models.layers.fast import fast_kernels_enabled, use_fast_kernels
 from merc.models.layers.graph_attention import NodeBlocks, block_transformer_conv, supports_block_attention
 from merc.models.layers.precision import ROW_BUCKET, cpu_autocast_active, float32_region, linear, pad_rows
+from merc.models.layers.recurrent import ContextualRNN, packed_order
 from merc.models.layers.relational_conv import relational_mean_conv, supports_fused_rgcn
 from merc.models.layers.transformer import PackedTransformerEncoderLayer
 
@@ -385,7 +386,70 @@ def test_packed_transformer_row_padding_and_autocast() -> None:
                 torch.testing.assert_close(low.float(), want, rtol=5e-2, atol=5e-2)
 
 
+# --- contextual recurrence on flat rows ---------------------------------------------------
+
+
+def test_packed_order_is_pack_padded_sequences_layout() -> None:
+    lengths = torch.tensor([3, 5, 1, 5, 2])
+    batch, _ = make_batch(tuple(lengths.tolist()), "t")
+    flat = torch.arange(int(lengths.sum()), dtype=torch.float32)[:, None]
+    packed = torch.nn.utils.rnn.pack_padded_sequence(
+        batch.unflatten(flat), lengths, batch_first=True, enforce_sorted=False
+    )
+    rows, sizes, _ = packed_order(lengths)
+    assert torch.equal(flat[rows], packed.data)
+    assert torch.equal(sizes, packed.batch_sizes)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"bidirectional": False}, {"cell": "gru"}, {"num_layers": 2}, {"cell": "gru", "num_layers": 2}],
+)
+def test_contextual_rnn_flat_paths_agree(kwargs: dict[str, object]) -> None:
+    torch.manual_seed(0)
+    rnn = ContextualRNN(8, 6, **kwargs).eval()  # type: ignore[arg-type]
+    batch, _ = make_batch(LENGTHS, "t")
+    x = torch.randn(batch.num_utterances, 8)
+
+    def run(inp: Tensor) -> Tensor:
+        return rnn.forward_flat(inp, batch)
+
+    assert_same_function(rnn, _off(run), _on(run), x, rtol=1e-5, atol=1e-6)
+
+
+def test_contextual_rnn_autocast_paths_agree_within_bfloat16_rounding() -> None:
+    # The fast path casts the weights once; PyTorch's recurrence under autocast casts them
+    # at every step. Same products in bfloat16, so the outputs agree to bfloat16 rounding.
+    torch.manual_seed(0)
+    rnn = ContextualRNN(8, 6).eval()
+    batch, _ = make_batch(LENGTHS, "t")
+    x = torch.randn(batch.num_utterances, 8)
+    with torch.no_grad():
+        want = rnn.forward_flat(x, batch)
+        outs = {}
+        for fast_on in (True, False):
+            with use_fast_kernels(fast_on), torch.autocast("cpu", dtype=torch.bfloat16):
+                outs[fast_on] = rnn.forward_flat(x, batch).float()
+    torch.testing.assert_close(outs[True], outs[False], rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(outs[True], want, rtol=5e-2, atol=5e-2)
+
+
 # --- end to end ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["bclstm", "dialoguegcn"])
+def test_recurrent_models_agree_in_eval(name: str) -> None:
+    from merc.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(name, in_dims=dict(DIMS), num_classes=3, num_speakers=2, num_parties=2).eval()
+    batch, _ = make_batch((1, 7, 3), "tav")
+    with torch.no_grad():
+        with use_fast_kernels(True):
+            fast_logits = model(batch).logits
+        with use_fast_kernels(False):
+            plain_logits = model(batch).logits
+    torch.testing.assert_close(fast_logits, plain_logits, rtol=1e-5, atol=1e-5)
 
 
 def test_corect_logits_agree_in_eval() -> None:

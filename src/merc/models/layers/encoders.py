@@ -141,7 +141,7 @@ class RecurrentEncoder(ModalityEncoder):
         )
 
     def encode_core(self, x: Tensor, batch: Batch) -> Tensor:
-        return batch.flatten(self.rnn(x, batch.lengths))
+        return self.rnn.forward_flat(batch.flatten(x), batch)
 
 
 class TransformerEncoder(ModalityEncoder):

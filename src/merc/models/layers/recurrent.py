@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.func import functional_call
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from merc.errors import resolve_choice
+from merc.models.layers.fast import fast_kernels_enabled
+from merc.models.layers.precision import cpu_autocast_active
+
+if TYPE_CHECKING:
+    from merc.data.batching import Batch
 
 _RNNS: dict[str, Any] = {"lstm": nn.LSTM, "gru": nn.GRU}
 
@@ -20,6 +27,15 @@ class ContextualRNN(nn.Module):
 
     Padding never reaches the recurrence (packed sequences), so a dialogue's output does
     not depend on how long the other dialogues in its batch are.
+
+    :meth:`forward_flat` reads and returns the real utterances only (``[N, d] -> [N, h']``,
+    the order of :attr:`~merc.data.batching.Batch.flat_index`). Its fast path
+    (:mod:`merc.models.layers.fast`) packs the flat rows with one gather and unpacks with
+    one scatter, instead of padding to ``[B, T, d]``, packing, padding the output again
+    and flattening it (the plain path, :meth:`forward` between ``unflatten`` and
+    ``flatten``): the padded copies cost bc-LSTM's inference a quarter of its time. Under
+    CPU bfloat16 autocast the fast path also casts the recurrent weights once per call;
+    PyTorch's CPU recurrence, under autocast, casts them again at every time step.
 
     Args:
         input_size: Utterance feature dim ``d``.
@@ -57,9 +73,58 @@ class ContextualRNN(nn.Module):
 
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, _ = self.rnn(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
-        return out
+        out, _ = self._run(packed)
+        padded, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+        return padded
+
+    def forward_flat(self, x: Tensor, batch: Batch) -> Tensor:
+        """The recurrence over the real utterances only: ``x [N, d] -> [N, h']`` (flat order).
+
+        Equal to ``batch.flatten(self(batch.unflatten(x), batch.lengths))``, which is the
+        plain path (taken with the fast kernels off).
+        """
+        if not fast_kernels_enabled():
+            return batch.flatten(self(batch.unflatten(x), batch.lengths))
+        rows, batch_sizes, sorted_idx = packed_order(batch.lengths.to(x.device))
+        packed = PackedSequence(x[rows], batch_sizes, sorted_idx, torch.argsort(sorted_idx))
+        out, _ = self._run(packed)
+        flat = out.data.new_empty(x.shape[0], out.data.shape[-1])
+        flat[rows] = out.data
+        return flat
+
+    def _run(self, packed: PackedSequence) -> tuple[PackedSequence, Any]:
+        if not cpu_autocast_active(packed.data) or not fast_kernels_enabled():
+            return self.rnn(packed)
+        # One bfloat16 copy of each weight for the whole call (and one gradient cast back).
+        dtype = torch.get_autocast_dtype("cpu")
+        weights = {name: p.to(dtype) for name, p in self.rnn.named_parameters()}
+        with torch.autocast("cpu", enabled=False):
+            data = packed.data.to(dtype)
+            packed = PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
+            return functional_call(self.rnn, weights, (packed,))
 
 
-__all__ = ["ContextualRNN"]
+def packed_order(lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Where each row of a packed sequence comes from in the flat (dialogue-major) order.
+
+    Args:
+        lengths: ``long [B]`` utterances per dialogue (each > 0).
+
+    Returns:
+        ``(rows [N], batch_sizes [T] (CPU), sorted_indices [B])``: ``packed.data[j]`` is flat
+        row ``rows[j]``, as :func:`~torch.nn.utils.rnn.pack_padded_sequence` with
+        ``enforce_sorted=False`` lays it out (time-major, dialogues by decreasing length).
+
+    >>> rows, sizes, order = packed_order(torch.tensor([2, 3]))
+    >>> rows.tolist(), sizes.tolist(), order.tolist()
+    ([2, 0, 3, 1, 4], [2, 2, 1], [1, 0])
+    """
+    sorted_lengths, sorted_idx = torch.sort(lengths, descending=True)
+    starts = torch.cumsum(lengths, 0) - lengths
+    steps = torch.arange(int(sorted_lengths[0]), device=lengths.device)
+    present = steps[:, None] < sorted_lengths[None, :]  # [T, B]: dialogue k has step t
+    rows = (starts[sorted_idx][None, :] + steps[:, None])[present]
+    return rows, present.sum(1).cpu(), sorted_idx
+
+
+__all__ = ["ContextualRNN", "packed_order"]
