@@ -5,6 +5,10 @@ so the README's numbers come from the runs, never from hand-typed constants.
 
 Run: ``.venv/bin/python bench/results_table.py runs/*``
 
+A leave-one-session-out run (``merc train --protocol loso``) says so in its model cell
+(``LOSO K folds``); its scores are the mean ± std pooled over folds x seeds, and its
+accuracy cell (WA) adds UA, the metric such runs are compared on.
+
 ``--balance``: SPCL Table 3's layout instead (backbone x balance method rows, modality-set
 columns, paired t-test against each backbone's base run; :func:`merc.evaluation.tables.balance_table`).
 """
@@ -20,6 +24,7 @@ import yaml
 from merc.config import load_recipe
 from merc.errors import MercError
 from merc.evaluation.aggregate import format_mean_std
+from merc.evaluation.tables import is_loso
 
 
 def recipe_changes(cfg: dict, model: str, dataset: str) -> list[str]:
@@ -50,9 +55,14 @@ def row(run: Path) -> str | None:
     extras += recipe_changes(cfg or {}, res["model"], res["dataset"])
     test = res["test"]
     seeds = ",".join(str(s) for s in res.get("seeds", []))
+    accuracy = format_mean_std(test["accuracy"])
+    if is_loso(res):
+        extras.insert(0, f"LOSO {len(res['protocol'].get('folds') or [])} folds")
+        accuracy += f" (UA {format_mean_std(test['ua'])})" if "ua" in test else ""
+        seeds += " (x folds)"
     return (
         f"| {res['model']} {' '.join(extras)} | `{res['dataset']}` | {res['modalities']} | "
-        f"{format_mean_std(test['weighted_f1'])} | {format_mean_std(test['accuracy'])} | {seeds} | "
+        f"{format_mean_std(test['weighted_f1'])} | {accuracy} | {seeds} | "
         f"{res['timing']['epoch_seconds_median']:.1f} |"
     )
 

@@ -165,6 +165,14 @@ def test_datasets_json_lists_synthetic(capsys) -> None:
     assert "generated" in rows["synthetic"]["description"].lower()
 
 
+def test_datasets_shows_a_sequence_request(capsys) -> None:
+    assert main(["datasets", "synthetic@a", "--json"]) == 0
+    detail = json.loads(capsys.readouterr().out)
+    assert detail["name"] == "synthetic" and detail["sequences"] == ["a"]
+    assert main(["datasets", "synthetic", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["sequences"] == []
+
+
 def test_real_process_prints_no_traceback(tmp_path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "merc.cli", "train", "--model", "bclstm", "--dataset", "nope", "--out", str(tmp_path)],

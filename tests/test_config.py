@@ -463,3 +463,9 @@ def test_a_non_utf8_recipe_is_a_config_error(tmp_path: Path) -> None:
     path.write_bytes(b"training:\n  lr: \xff\n")
     with pytest.raises(ConfigError, match="not UTF-8 text"):
         load_yaml(path)
+
+
+def test_a_sequence_request_reads_its_datasets_recipe() -> None:
+    # "iemocap6@t" is iemocap6 with token-level text: the same recipe file.
+    assert load_recipe("corect", "iemocap6@t") == load_recipe("corect", "iemocap6")
+    assert load_recipe("corect", "iemocap6@t")["data"]["recipe_file"].endswith("corect/iemocap6.yaml")

@@ -78,6 +78,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="recipe YAML instead of configs/<model>/<dataset>.yaml")
     p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1 ...")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--protocol",
+        default="split",
+        help="split (default: the dataset's own train/valid/test splits) or loso: leave-one-session-out "
+        "cross-validation on IEMOCAP, one fold per held-out session, validation drawn from the training sessions "
+        "(RUN/fold_K/seed_S; results.json pools the folds x seeds)",
+    )
+    p.add_argument(
+        "--valid-share",
+        type=float,
+        default=None,
+        help="--protocol loso: share of each training session's dialogues used for validation (default 0.1; "
+        "the same fixed draw for every seed and model)",
+    )
     add_plugin_switches(p)
     _add_data_root(p)
     p.add_argument("overrides", nargs="*", help="recipe overrides section.key=value, e.g. training.lr=3e-4")
@@ -143,7 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
             "Compute features offline and cache them. A native folder gets them written into "
             "features/<m>.safetensors (metadata.json updated): t from its texts; a and v from the audio / video "
             "files its conversations point to (keys audio, video, start, end of conversations.jsonl). A "
-            "registered dataset: text features only, into the cache."
+            "registered dataset: text features only, into the cache. With --level sequence: token/frame-level "
+            "sequences instead (t: the encoder's token states; a: eGeMAPSv02 low-level descriptors, 25 per 10 ms "
+            "frame), into sequences/<m>.safetensors of a native folder, or for a registered dataset (t only) the "
+            "cache that `--dataset NAME@t` reads."
         ),
     )
     p.add_argument("--dataset", required=True)
@@ -157,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--visual-extractor", default="faces", help="v: faces (OpenCV Haar face + HOG, 665-d, default)")
     p.add_argument("--fps", type=float, default=5.0, help="v: frames sampled per second of each utterance (default 5)")
+    p.add_argument(
+        "--level",
+        default="utterance",
+        type=_sequence_level,
+        help="utterance (default: one vector per utterance) or sequence (one per token or frame: t token states, "
+        "a low-level descriptors; 'token' and 'frame' are accepted as other names of sequence)",
+    )
     p.add_argument(
         "--overwrite", action="store_true", help="replace a or v features the folder already has, made otherwise"
     )
@@ -239,10 +263,15 @@ def plugin_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from merc.data.protocols import DEFAULT_VALID_SHARE
+    from merc.errors import ConfigError, resolve_choice
     from merc.evaluation.report import print_results
     from merc.training.runner import run_experiment
 
     overrides = plugin_overrides(args) + list(args.overrides)
+    protocol = resolve_choice("protocol (--protocol)", args.protocol, ("split", "loso"))
+    if args.valid_share is not None and protocol != "loso":
+        raise ConfigError("--valid-share applies to --protocol loso (the dataset's own splits fix validation)")
     results = run_experiment(
         args.model,
         args.dataset,
@@ -255,10 +284,50 @@ def cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         show_progress=not args.quiet,
         overwrite=args.overwrite,
+        protocol=protocol,
+        valid_share=DEFAULT_VALID_SHARE if args.valid_share is None else args.valid_share,
     )
-    print_results(results)
+    if protocol == "loso":
+        print_loso_summary(results)
+    else:
+        print_results(results)
     print(f"results: {Path(args.out) / 'results.json'}")
     return 0
+
+
+def print_loso_summary(results: dict[str, Any]) -> None:
+    """The results of a ``--protocol loso`` run: pooled table, time, protocol, per-fold scores, reuse."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from merc.evaluation.aggregate import format_mean_std
+    from merc.evaluation.report import results_table
+
+    protocol = results["protocol"]
+    folds = results["folds"]
+    title = (
+        f"{results['model']} on {results['dataset']} [{results['modalities']}] — leave-one-session-out, "
+        f"{len(folds)} folds x {len(results['seeds'])} seed(s), selected on valid"
+    )
+    Console().print(results_table(results, title=escape(title)))
+    timing = results.get("timing") or {}
+    if timing.get("epoch_seconds_median") is not None:
+        print(f"time: {timing['total_seconds']:.1f} s total, {timing['epoch_seconds_median']:.2f} s per epoch (median)")
+    print(
+        f"leave-one-session-out: {len(folds)} folds x {len(results['seeds'])} seed(s); valid = "
+        f"{protocol['valid_share']:g} of each training session's dialogues; mean ± std over the "
+        f"{len(folds) * len(results['seeds'])} (fold, seed) runs"
+    )
+    for fold in folds:
+        test = fold["test"]
+        print(
+            f"  fold {fold['fold']} (session {fold['held_out_session']} held out, {fold['dialogues']['test']} "
+            f"dialogues): w-F1 {format_mean_std(test['weighted_f1'])}, WA {format_mean_std(test['accuracy'])}, "
+            f"UA {format_mean_std(test['ua'])}"
+        )
+    reused = results.get("timing", {}).get("reused_runs") or []
+    if reused:
+        print(f"reused finished run(s) {', '.join(reused)} from the run folder (not trained again)")
 
 
 def cmd_imbalance(args: argparse.Namespace) -> int:
@@ -307,8 +376,10 @@ def dataset_rows(data_root: str | None) -> list[dict[str, Any]]:
 
 def dataset_detail(name: str, data_root: str | None) -> dict[str, Any]:
     """One dataset as ``merc datasets NAME_OR_PATH`` shows it: splits, class counts, modalities, dims."""
-    from merc.data.registry import get_dataset_spec, is_dataset_path, load_dataset
+    from merc.data.registry import get_dataset_spec, is_dataset_path, load_dataset, split_sequence_request
 
+    # "iemocap4@t": the dataset iemocap4, shown with the sequence request (computed on first use).
+    name, sequences = split_sequence_request(name)
     annotations = name if is_dataset_path(name) else (get_dataset_spec(name).annotations_of or name)
     ds = load_dataset(annotations, data_root=data_root, validate=False)
     texts = all(c.texts is not None for c in ds.conversations())
@@ -335,6 +406,7 @@ def dataset_detail(name: str, data_root: str | None) -> dict[str, Any]:
         "max_parties": ds.max_parties,
         "transcripts": texts,
         "modalities": {m: modalities[m] for m in ("t", "a", "v") if m in modalities},
+        "sequences": list(sequences),
         "splits": ds.summary(),
     }
 
@@ -356,6 +428,11 @@ def cmd_datasets(args: argparse.Namespace) -> int:
                 console.print(f"modality {m}: {dim}{info['source']}")
             if not detail["modalities"]:
                 console.print("no modality: give texts (merc computes text features) or features/<m>.safetensors")
+            if detail["sequences"]:
+                console.print(
+                    f"token/frame sequences requested for {''.join(detail['sequences'])} "
+                    "(read from the folder or computed on first use, then cached)"
+                )
             console.print(
                 f"speakers: {detail['speakers']} (at most {detail['max_parties']} per dialogue); "
                 f"transcripts: {'yes' if detail['transcripts'] else 'no'}"
@@ -382,11 +459,110 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``merc extract --level`` values; ``token`` and ``frame`` are other names of ``sequence``.
+EXTRACT_LEVELS: dict[str, str] = {
+    "utterance": "utterance",
+    "sequence": "sequence",
+    "token": "sequence",
+    "frame": "sequence",
+}
+
+
+def _sequence_level(value: str) -> str:
+    level = EXTRACT_LEVELS.get(value.strip().lower())
+    if level is None:
+        raise argparse.ArgumentTypeError(f"invalid level {value!r}: use utterance or sequence (or token, frame)")
+    return level
+
+
+def _extract_sequences(args: argparse.Namespace, modalities: tuple[str, ...]) -> int:
+    """``merc extract --level sequence``: token/frame-level sequences, cached or into the folder."""
+    from merc.data.formats.native import add_sequences, read_metadata
+    from merc.data.registry import attach_text_sequences, load_dataset
+    from merc.data.schema import MODALITY_NAMES
+    from merc.errors import DataError
+
+    if "v" in modalities:
+        raise DataError(
+            "--level sequence: merc has no frame-level visual extractor (faces gives one vector per utterance); "
+            "extract v at --level utterance"
+        )
+    folder = Path(args.dataset)
+    native = folder.is_dir() and (folder / "metadata.json").is_file()
+    if not native:
+        if "a" in modalities:
+            raise DataError(
+                f"--modalities a --level sequence: audio frames are computed from the media files of a native "
+                f"dataset folder (its conversations name them); {args.dataset} is not one"
+            )
+        ds = load_dataset(args.dataset, data_root=args.data_root)
+        attach_text_sequences(ds, text_encoder=args.encoder, show_progress=not args.quiet)
+        from merc.features.text import cache_dir
+
+        rows = [r for c in ds.conversations() for r in c.sequences["t"]]
+        print(
+            f"{args.dataset}: token-level text {rows[0].shape[1]}-d, {sum(len(r) for r in rows):,} tokens of "
+            f"{len(rows):,} utterances (cached in {cache_dir()}; train with --dataset {args.dataset}@t)"
+        )
+        return 0
+
+    from merc.features.extract import build_extractor, extract_folder
+
+    metadata = read_metadata(folder)
+    stored = metadata.get("sequence_dims") or {}
+    recorded = (metadata.get("meta") or {}).get("sequence_specs") or {}
+    pending: list[tuple[str, dict[str, Any], dict[str, Any], dict[str, Any] | None]] = []
+    messages: list[str] = []
+    for m in modalities:
+        # What would be made, to compare with what the folder holds before computing anything.
+        if m == "t":
+            from merc.features.text import DEFAULT_TEXT_ENCODER
+
+            made: dict[str, Any] = {"encoder": args.encoder or DEFAULT_TEXT_ENCODER}
+        else:
+            extractor = build_extractor(m, args.audio_extractor, level="lld")
+            made = {"extractor": extractor.name, "settings": extractor.settings()}
+        if m in stored:
+            old = recorded.get(m) if isinstance(recorded, dict) else None
+            if isinstance(old, dict) and all(old.get(k) == v for k, v in made.items()):
+                messages.append(f"{folder}: already has these {MODALITY_NAMES[m]} sequences ({stored[m]}-d)")
+                continue
+            if not args.overwrite:
+                raise DataError(
+                    f"{folder} already has {MODALITY_NAMES[m]} sequences made otherwise ({old!r}); pass --overwrite "
+                    "to replace them"
+                )
+        if m == "t":
+            from merc.data.formats.native import read_native
+            from merc.features.spec import SEQUENCE_META_KEY
+
+            ds = read_native(folder, require_all_splits=False, read_features=False)
+            attach_text_sequences(ds, text_encoder=args.encoder, show_progress=not args.quiet)
+            sequences = {c.id: c.sequences["t"] for c in ds.conversations()}
+            pending.append((m, sequences, ds.meta[SEQUENCE_META_KEY]["t"], None))
+        else:
+            got = extract_folder(folder, extractor, show_progress=not args.quiet)
+            pending.append((m, got.sequences, got.spec, got.report))
+    # Everything is computed before anything is written: a failure leaves the folder as it was.
+    for m, sequences, spec, report in pending:
+        path = add_sequences(folder, m, sequences, spec, report)
+        rows = [r for rs in sequences.values() for r in rs]
+        messages.append(
+            f"wrote {spec['dim']}-d {MODALITY_NAMES[m]} sequences ({sum(len(r) for r in rows):,} frames of "
+            f"{len(rows):,} utterances) to {path} (metadata.json sequence_dims now lists {m!r}; train with "
+            f"--dataset {folder}@{m})"
+        )
+    print("\n".join(messages))
+    return 0
+
+
 def cmd_extract(args: argparse.Namespace) -> int:
     from merc.data.registry import attach_text_features, load_dataset
     from merc.data.schema import MODALITY_NAMES, parse_modalities
 
     modalities = parse_modalities(args.modalities)
+    if getattr(args, "level", "utterance") == "sequence":
+        return _extract_sequences(args, modalities)
     folder = Path(args.dataset)
     if not (folder.is_dir() and (folder / "metadata.json").is_file()):
         media = [m for m in modalities if m != "t"]

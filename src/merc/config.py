@@ -142,7 +142,8 @@ def load_recipe(model: str, dataset: str, path: str | Path | None = None) -> dic
 
     Args:
         model: Registered model name (the ``configs/`` sub-folder).
-        dataset: Dataset name (the recipe file's stem).
+        dataset: Dataset name (the recipe file's stem; a sequence request ``name@letters``
+            reads ``name``'s recipe).
         path: An explicit recipe file, read as a full recipe: no default is merged
             under it (a pruned ``configs/<model>/<dataset>.yaml`` passed here loses the
             default's values).
@@ -160,6 +161,10 @@ def load_recipe(model: str, dataset: str, path: str | Path | None = None) -> dic
         recipe.update(_sections(load_yaml(path)))
         files["recipe_file"] = Path(path)
     else:
+        if "@" in dataset:  # "iemocap4@t" (token-level text) reads iemocap4's recipe
+            from merc.data.registry import split_sequence_request
+
+            dataset = split_sequence_request(dataset)[0]
         folder = configs_dir() / model
         base, own = folder / "default.yaml", folder / f"{dataset}.yaml"
         if base.is_file():

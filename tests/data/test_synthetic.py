@@ -352,3 +352,25 @@ def test_imbalance_preset_is_registered_with_its_profile() -> None:
 
     scores = {m: proxy_wf1(ds, m) for m in "tav"}
     assert scores["t"] > max(scores["a"], scores["v"])
+
+
+def test_registered_iemocap4_synthav_loader(
+    registry_without_corpora: None, text_only_base: MercDataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = registry.get_dataset_spec("iemocap4-synthav")
+    assert spec.modalities == ("t", "a", "v") and spec.needs_data_root and spec.annotations_of == "iemocap4"
+    assert "GENERATED" in spec.description
+    calls = []
+    fake = dataclasses.replace(text_only_base, name="iemocap4", meta={"text_cache_key": "iemocap4"})
+
+    def fake_load(name: str, **kwargs: object) -> MercDataset:
+        calls.append((name, kwargs))
+        return fake
+
+    monkeypatch.setattr(syn, "load_dataset", fake_load)
+    ds = spec.loader("/nowhere", seed=1, calibrate=False)
+    assert calls == [("iemocap4", {"modalities": "t", "data_root": "/nowhere"})]
+    assert ds.name == "iemocap4-synthav" and ds.modalities == ("t", "a", "v")
+    assert ds.meta["text_cache_key"] == "iemocap4" and ds.meta["generation"]["exclusive_pairs"] == {}
+    with_frames = spec.loader("/nowhere", seed=1, calibrate=False, sequences="a")
+    assert all(set(c.sequences) == {"a"} for c in with_frames.conversations())

@@ -180,3 +180,58 @@ def test_unknown_names_and_settings_are_config_errors() -> None:
         build_audio_extractor("librosa", n_mels=10, n_mfcc=20)
     with pytest.raises(ConfigError, match="use a \\(audio\\) or v \\(visual\\)"):
         extract.build_extractor("t")
+
+
+def test_frame_level_audio_of_a_folder_is_stored_and_batched(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``merc extract --level sequence``: eGeMAPS LLD frames (25-d, 10 ms) into sequences/a.safetensors."""
+    import json
+
+    from media_helpers import media_dataset
+    from merc.cli import main
+    from merc.data.batching import collate, to_tensors
+    from merc.data.formats.native import read_native
+    from merc.data.registry import load_dataset
+
+    folder = media_dataset(tmp_path / "ds")
+    direct = extract.extract_folder(folder, build_audio_extractor("egemaps", level="lld"), show_progress=False)
+    assert direct.features == {} and direct.report["without_media"] == 0
+    frames = direct.sequences["train-d0"]
+    assert [f.shape[1] for f in frames] == [25] * 3 and all(90 <= len(f) <= 101 for f in frames)  # 1 s each
+
+    assert main(["extract", "--dataset", str(folder), "--modalities", "a", "--level", "frame", "--quiet"]) == 0
+    assert "wrote 25-d audio sequences" in capsys.readouterr().out
+    meta = json.loads((folder / "metadata.json").read_text())
+    assert meta["sequence_dims"] == {"a": 25} and meta["modalities"] == []
+    assert meta["meta"]["sequence_specs"]["a"]["settings"]["level"] == "lld"
+    stored = read_native(folder, require_all_splits=False).splits["train"][0].sequences["a"]
+    for x, y in zip(frames, stored, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert main(["extract", "--dataset", str(folder), "--modalities", "a", "--level", "sequence", "--quiet"]) == 0
+    assert "already has these audio sequences" in capsys.readouterr().out
+    assert main(["extract", "--dataset", str(folder), "--modalities", "t", "--level", "token", "--quiet"]) == 0
+    assert "wrote 384-d text sequences" in capsys.readouterr().out
+    assert json.loads((folder / "metadata.json").read_text())["sequence_dims"] == {"t": 384, "a": 25}
+    assert main(["extract", "--dataset", str(folder), "--modalities", "t,a", "--level", "token", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "already has these text sequences (384-d)" in out and "already has these audio sequences (25-d)" in out
+
+    # Training data: utterance-level features for the model's inputs plus the frames.
+    assert main(["extract", "--dataset", str(folder), "--modalities", "a", "--quiet"]) == 0
+    ds = load_dataset(f"{folder}@ta", modalities="ta")
+    assert ds.splits["train"][0].sequences["t"][0].shape == (8, 384)  # "I am so happy today!": 6 pieces + 2
+    batch = collate(to_tensors(ds)["train"], ds.modalities)
+    assert batch.sequences["a"].shape[0] == batch.num_utterances == 6 and batch.sequences["a"].shape[2] == 25
+    assert batch.sequence_lengths["a"][:3].tolist() == [len(f) for f in frames]
+
+
+def test_visual_frames_and_unknown_levels_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from merc.cli import main
+
+    argv = ["extract", "--dataset", str(tmp_path), "--modalities", "v", "--quiet"]
+    assert main([*argv, "--level", "sequence"]) == 2
+    assert "no frame-level visual extractor" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*argv, "--level", "word"])
+    assert "invalid level 'word'" in capsys.readouterr().err

@@ -44,3 +44,68 @@ def test_unknown_encoder_is_a_clear_error() -> None:
 
     with pytest.raises(ConfigError, match="merc loads nothing from the internet"):
         text_features.encode_texts(["a"], encoder="some-hub/model-that-is-not-here")
+
+
+# -- token level -------------------------------------------------------------------------------------
+SENTENCES = ["I am so happy today!", "This is terrible.", "", "Okay, see you at noon."]
+
+
+def test_token_states_average_to_the_sentence_embedding(monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rows = text_features.encode_token_sequences(SENTENCES, show_progress=False)
+    tokenizer = text_features.load_sentence_encoder().tokenizer
+    assert [r.shape for r in rows] == [(len(tokenizer(s)["input_ids"]), 384) for s in SENTENCES]
+    assert rows[2].shape == (2, 384)  # an empty text is [CLS] [SEP]
+    assert all(r.dtype == np.float32 for r in rows)
+    # MiniLM pools by the mean over every token, specials included, then L2-normalises.
+    means = np.stack([r.mean(axis=0) for r in rows])
+    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    np.testing.assert_allclose(means, text_features.encode_texts(SENTENCES, show_progress=False), atol=1e-5)
+    inner = text_features.encode_token_sequences(SENTENCES, show_progress=False, keep_special_tokens=False)
+    assert [len(r) for r in inner] == [len(r) - 2 for r in rows]
+    np.testing.assert_allclose(inner[0], rows[0][1:-1], atol=1e-6)
+
+
+def test_token_cache_is_float16_and_read_back(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("MERC_CACHE_DIR", str(tmp_path))
+    calls = []
+
+    def fake(texts, **kwargs):
+        calls.append(kwargs["keep_special_tokens"])
+        return [np.full((len(t) + 1, 3), 1 / 3, dtype=np.float32) for t in texts]
+
+    monkeypatch.setattr(text_features, "encode_token_sequences", fake)
+    first = text_features.cached_text_sequences("ds", ["ab", "c"], show_progress=False)
+    again = text_features.cached_text_sequences("ds", ["ab", "c"], show_progress=False)
+    assert len(calls) == 1 and [r.shape for r in again] == [(3, 3), (2, 3)]
+    for x, y in zip(first, again):
+        assert y.dtype == np.float32
+        np.testing.assert_array_equal(x, y)  # a first run returns what the cache will hold
+        np.testing.assert_allclose(y, 1 / 3, rtol=1e-3)
+    (path,) = (tmp_path / "features").glob("ds--*--tokens--*.npz")
+    with np.load(path) as data:
+        assert data["values"].dtype == np.float16 and data["lengths"].tolist() == [3, 2]
+    text_features.cached_text_sequences("ds", ["ab", "c"], show_progress=False, keep_special_tokens=False)
+    text_features.cached_text_sequences("ds", ["ab", "d"], show_progress=False)
+    assert len(calls) == 3 and not list((tmp_path / "features").glob("*.tmp*"))
+
+
+def test_token_level_text_of_a_folder_through_the_registry_and_batches(tmp_path, monkeypatch) -> None:
+    from helpers import make_dataset
+    from merc.data.batching import collate, to_tensors
+    from merc.data.formats.native import write_native
+    from merc.data.registry import load_dataset
+
+    monkeypatch.setenv("MERC_CACHE_DIR", str(tmp_path / "cache"))
+    ds = make_dataset((2, 3), "a")
+    for conv in ds.conversations():
+        conv.texts = [SENTENCES[i % len(SENTENCES)] for i in range(len(conv))]
+    write_native(ds, tmp_path / "ds")
+    got = load_dataset(f"{tmp_path / 'ds'}@t", modalities="ta")
+    assert got.meta["sequence_specs"]["t"]["special_tokens"].startswith("kept")
+    conv = got.splits["train"][1]
+    means = np.stack([r.mean(axis=0) for r in conv.sequences["t"]])
+    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    np.testing.assert_allclose(means, conv.features["t"], atol=2e-3)  # float16 cache
+    batch = collate(to_tensors(got)["train"], got.modalities)
+    assert batch.sequences["t"].shape[-1] == 384 and batch.sequence_lengths["t"].min() >= 2

@@ -213,3 +213,16 @@ def test_a_run_trained_before_inputs_were_recorded_is_bundled_from_its_data(feat
     for m in ("t", "a"):
         np.testing.assert_array_equal(rebuilt.statistics[m][0], recorded.statistics[m][0])
         np.testing.assert_array_equal(rebuilt.statistics[m][1], recorded.statistics[m][1])
+
+
+def test_a_run_on_token_or_frame_sequences_is_not_bundled(tmp_path, capsys) -> None:
+    # Bundles carry utterance-level features only: a sequence-trained model would be fed
+    # something else than it learned on, so merc refuses and says what to do.
+    run = tmp_path / "run"
+    argv = ["train", "--model", "rsm", "--dataset", "synthetic@a", "--modalities", "ta", "--seeds", "0"]
+    assert main([*argv, "--out", str(run), "--quiet", "training.epochs=1", "model.hidden_size=8"]) == 0
+    capsys.readouterr()
+    assert main(["bundle", str(run), "--out", str(tmp_path / "m.merc")]) == 2
+    err = capsys.readouterr().err
+    assert "token/frame sequences" in err and "merc evaluate" in err
+    assert not (tmp_path / "m.merc").exists()

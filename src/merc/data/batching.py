@@ -4,6 +4,12 @@ Conversations are converted to tensors once (:class:`ConversationTensors`); a ba
 dialogues is then padded to ``[B, T, ...]`` (:func:`collate`). Every model receives a
 :class:`Batch` and returns predictions for the *valid* utterances only, flattened in
 dialogue-major order (``N = lengths.sum()``), the order of :attr:`Batch.flat_index`.
+
+Token/frame-level inputs (``Conversation.sequences``) are kept ragged per conversation,
+one flat ``[sum L_i, d]`` tensor plus ``[n]`` lengths, and padded per batch over the
+real utterances only: ``Batch.sequences[m]`` is ``[N, L_max, d]``, so a batch of long
+dialogues does not pay for ``B * T * L_max`` frames. An utterance whose modality is
+unavailable gets length 0 (and no frames) when the tensors are built.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
 from merc.data.schema import MODALITIES, UNLABELLED, Conversation, MercDataset
+from merc.errors import DataError
 
 #: Label value at padded / unlabelled positions (PyTorch's CE ``ignore_index`` default).
 IGNORE_INDEX = -100
@@ -33,24 +40,84 @@ class ConversationTensors:
     parties: Tensor  # long [n], per-dialogue speaker index by first appearance
     labels: Tensor  # long [n], IGNORE_INDEX where unlabelled
     availability: Tensor  # bool [n, M], modalities of the dataset in canonical order
+    #: Per modality with token/frame-level inputs: the frames of all utterances, one
+    #: after another, ``float [sum L_i, d'_m]`` (none for unavailable utterances).
+    sequences: dict[str, Tensor] = field(default_factory=dict)
+    #: Per modality in ``sequences``: ``long [n]`` frames per utterance (0: none).
+    sequence_lengths: dict[str, Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+
+def sequence_dims(dataset: MercDataset) -> dict[str, int]:
+    """``{modality: d'}`` of the token/frame-level inputs of ``dataset``'s attached modalities.
+
+    Read from the first conversation with a non-empty utterance in that modality (an
+    utterance may have zero frames, ``[0, d']``, which still carries the dim).
+
+    Raises:
+        DataError: Two conversations disagree on a modality's frame dim.
+    """
+    dims: dict[str, int] = {}
+    for conv in dataset.conversations():
+        for m, rows in conv.sequences.items():
+            if m not in dataset.modalities or not rows:
+                continue
+            d = int(np.shape(rows[0])[-1])
+            if dims.setdefault(m, d) != d:
+                raise DataError(
+                    f"dataset {dataset.name!r}, dialogue {conv.id!r}: {m!r} sequences have dim {d}, "
+                    f"other dialogues have {dims[m]}"
+                )
+    return {m: dims[m] for m in MODALITIES if m in dims}
 
 
 def to_tensors(dataset: MercDataset) -> dict[str, list[ConversationTensors]]:
     """Convert every split of ``dataset`` (features attached) to tensors."""
     speaker_ids = dataset.speaker_index()
     cols = [MODALITIES.index(m) for m in dataset.modalities]
+    seq_dims = sequence_dims(dataset)
     out: dict[str, list[ConversationTensors]] = {}
     for split, convs in dataset.splits.items():
-        out[split] = [conversation_tensors(c, dataset.modalities, speaker_ids, cols) for c in convs]
+        out[split] = [conversation_tensors(c, dataset.modalities, speaker_ids, cols, seq_dims) for c in convs]
     return out
 
 
+def _ragged(rows: Sequence[np.ndarray] | None, n: int, dim: int, keep: np.ndarray, where: str) -> tuple[Tensor, Tensor]:
+    """One conversation's per-utterance frames as ``(flat [sum L_i, dim], lengths [n])``.
+
+    Utterances where ``keep`` is false (modality unavailable) get length 0. ``rows is
+    None`` (a conversation without this modality's sequences): all lengths 0.
+    """
+    if rows is None:
+        return torch.zeros(0, dim), torch.zeros(n, dtype=torch.long)
+    if len(rows) != n:
+        raise DataError(f"{where}: {len(rows)} sequences for {n} utterances")
+    kept = [np.asarray(r, dtype=np.float32).reshape(-1, dim) for r, k in zip(rows, keep) if k]
+    lengths = np.zeros(n, dtype=np.int64)
+    lengths[keep] = [len(r) for r in kept]
+    flat = np.concatenate(kept) if kept else np.zeros((0, dim), dtype=np.float32)
+    return torch.as_tensor(flat), torch.as_tensor(lengths)
+
+
 def conversation_tensors(
-    conv: Conversation, modalities: Sequence[str], speaker_ids: dict[str, int], cols: Sequence[int]
+    conv: Conversation,
+    modalities: Sequence[str],
+    speaker_ids: dict[str, int],
+    cols: Sequence[int],
+    sequence_dims: dict[str, int] | None = None,
 ) -> ConversationTensors:
+    """One conversation as tensors.
+
+    Args:
+        conv: The conversation (features of ``modalities`` attached).
+        modalities: Modalities to convert, canonical order.
+        speaker_ids: Global speaker vocabulary index.
+        cols: Column of each of ``modalities`` in ``conv.availability``'s ``t, a, v``.
+        sequence_dims: ``{m: d'}`` of the token/frame-level inputs to convert
+            (:func:`sequence_dims`); ``None`` or ``{}``: none.
+    """
     n = len(conv)
     first_seen: dict[str, int] = {}
     parties = [first_seen.setdefault(s, len(first_seen)) for s in conv.speakers]
@@ -60,6 +127,14 @@ def conversation_tensors(
         avail = torch.ones(n, len(cols), dtype=torch.bool)
     else:
         avail = torch.as_tensor(np.asarray(conv.availability, dtype=bool)[:, list(cols)])
+    sequences: dict[str, Tensor] = {}
+    sequence_lengths: dict[str, Tensor] = {}
+    for m, dim in (sequence_dims or {}).items():
+        if m not in modalities:
+            continue
+        keep = avail[:, list(modalities).index(m)].numpy()
+        where = f"dialogue {conv.id!r}, {m!r} sequences"
+        sequences[m], sequence_lengths[m] = _ragged(conv.sequences.get(m), n, dim, keep, where)
     return ConversationTensors(
         id=conv.id,
         features={m: torch.as_tensor(np.asarray(conv.features[m], dtype=np.float32)) for m in modalities},
@@ -67,6 +142,8 @@ def conversation_tensors(
         parties=torch.tensor(parties, dtype=torch.long),
         labels=labels,
         availability=avail,
+        sequences=sequences,
+        sequence_lengths=sequence_lengths,
     )
 
 
@@ -165,6 +242,8 @@ def collate(items: Sequence[ConversationTensors], modalities: Sequence[str]) -> 
 
     Shapes:
         - output ``features[m]``: ``[B, T, d_m]`` with ``T = max(len(item))``.
+        - output ``sequences[m]``: ``[N, L_m, d'_m]`` with ``N = sum(len(item))``, ``L_m``
+          the longest sequence (at least 1); ``sequence_lengths[m]``: ``[N]``.
     """
     if not items:
         raise ValueError("cannot collate an empty batch")
@@ -186,7 +265,36 @@ def collate(items: Sequence[ConversationTensors], modalities: Sequence[str]) -> 
         flat_index=flat_index,
         utterance_dialogue=flat_index // max_len,
         utterance_position=flat_index % max_len,
+        **_collate_sequences(items, modalities),
     )
+
+
+def _collate_sequences(items: Sequence[ConversationTensors], modalities: Sequence[str]) -> dict[str, Any]:
+    """``Batch.sequences`` / ``Batch.sequence_lengths`` of ``items``, padded in one scatter.
+
+    The utterances of the batch are the rows of ``[N, L, d]`` in dialogue-major order
+    (that of :attr:`Batch.flat_index`), with ``L`` the longest sequence, at least 1 so
+    the tensor is never empty (an all-empty batch then holds one zero frame per
+    utterance, of length 0). Only the loop over dialogues concatenates; frames go to
+    their rows in one indexed assignment.
+    """
+    mods = [m for m in modalities if m in items[0].sequences]
+    if not mods:
+        return {}
+    sequences: dict[str, Tensor] = {}
+    lengths: dict[str, Tensor] = {}
+    for m in mods:
+        flat = torch.cat([it.sequences[m] for it in items])
+        lens = torch.cat([it.sequence_lengths[m] for it in items])
+        longest = max(int(lens.max()) if lens.numel() else 0, 1)
+        row = torch.repeat_interleave(torch.arange(lens.numel()), lens)
+        starts = torch.cumsum(lens, 0) - lens
+        position = torch.arange(flat.shape[0]) - starts[row]
+        padded = flat.new_zeros(lens.numel(), longest, flat.shape[1])
+        padded[row, position] = flat
+        sequences[m] = padded
+        lengths[m] = lens
+    return {"sequences": sequences, "sequence_lengths": lengths}
 
 
 def iterate_batches(

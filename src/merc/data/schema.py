@@ -66,7 +66,10 @@ class Conversation:
         texts: Transcript per utterance, or ``None`` when unknown.
         features: Utterance-level features per modality, ``float32 [n_utt, d_m]``.
         sequences: Optional token/frame-level features per modality: a list of
-            ``n_utt`` arrays ``float32 [L_i, d_m]`` (for token-level models such as MGCMA).
+            ``n_utt`` arrays ``float32 [L_i, d'_m]`` (for token-level models such as MGCMA;
+            ``L_i`` may be 0). Loaded only on request (``load_dataset(...,
+            sequences="t")`` or a name like ``iemocap4@t``, :mod:`merc.data.registry`),
+            stored by the native format, batched as ``Batch.sequences``.
         split: ``"train"``, ``"valid"`` or ``"test"``.
         availability: Optional per-utterance modality availability, ``bool [n_utt, 3]``
             in canonical order ``t, a, v``; ``None`` means every modality is present.
@@ -212,9 +215,11 @@ class MercDataset:
 
         Checks: every split non-empty, no empty dialogue, per-utterance lists of equal
         length, labels in ``[0, num_classes)`` or :data:`UNLABELLED`, each modality
-        present with one consistent dim and finite values.
+        present with one consistent dim and finite values; sequences (where present)
+        one ``[L_i, d']`` array per utterance, one ``d'`` per modality, finite.
         """
         dims: dict[str, int] = {}
+        seq_dims: dict[str, int] = {}
         for split in SPLITS:
             if not self.splits.get(split):
                 raise DataError(f"dataset {self.name!r} has no {split!r} conversations")
@@ -248,6 +253,17 @@ class MercDataset:
                     )
                 if not np.isfinite(feat).all():
                     raise DataError(f"{where}: {MODALITY_NAMES[m]} features contain NaN or inf; clean or impute them")
+            for m, rows in conv.sequences.items():
+                what = f"{where}: {MODALITY_NAMES.get(m, repr(m))} sequences"
+                if m not in MODALITIES or len(rows) != n:
+                    raise DataError(f"{what}: expected one array per utterance ({n}) of a modality t, a or v")
+                if rows and not all(np.ndim(r) == 2 for r in rows):
+                    raise DataError(f"{what}: each utterance's frames must be a [L, d] array")
+                for d in {int(np.shape(r)[1]) for r in rows}:
+                    if seq_dims.setdefault(m, d) != d:
+                        raise DataError(f"{what}: frames of dim {d}, elsewhere {seq_dims[m]}")
+                if rows and not np.isfinite(np.concatenate(rows)).all():
+                    raise DataError(f"{what} contain NaN or inf")
 
 
 def class_weights(dataset: MercDataset, split: str = "train") -> np.ndarray:

@@ -99,6 +99,28 @@ The targets are absolute by default; because the proxy ignores context it scores
 text well below a contextual model (about 45 w-F1 for MiniLM on IEMOCAP-6 against
 CORECT's 67), so ``text_reference_wf1=67.26`` rescales them by
 :math:`f_t/67.26` to keep the paper's T > A > V ordering under the proxy instead.
+
+Frame-level variants (:func:`add_frames`)
+-----------------------------------------
+For token/frame-level models, ``generate_synthetic(sequence_modalities="av")`` (the
+registry names ``synthetic@av``, ``synthetic-imbalance@tav``) and
+``iemocap6-synthav@av`` give each utterance of a generated modality a sequence of
+:math:`L_i \sim \mathcal{U}\{L_{min},\dots,L_{max}\}` frames (default 4..16) made
+from its utterance vector :math:`x^m_i` (step 4, after calibration):
+
+.. math::
+   f^m_{i,l} = x^m_i + \sigma_f\,(\eta^m_{i,l} - \bar\eta^m_i), \qquad
+   \eta^m_{i,l} \sim \mathcal{N}(0, I), \quad \bar\eta^m_i = \tfrac1{L_i}\textstyle\sum_l \eta^m_{i,l}.
+
+The frame noise is centred per utterance, so the mean over an utterance's frames *is*
+its utterance vector (to float32 rounding): the frames carry exactly the calibrated
+signal of the utterance features (the published utterance-level profile is unchanged,
+the features themselves are untouched) plus within-utterance variation of scale
+:math:`\sigma_f` (default 1, that of the utterance noise) that a frame-level model must
+average out. Lengths and frame noise come from their own streams (per modality), so
+asking for frames changes no other number. Frames are generated from the raw
+features; training's standardisation (``data.standardize``) applies to the utterance
+features only.
 """
 
 from __future__ import annotations
@@ -292,6 +314,82 @@ def _dialogue_structure(
     return parties[who], labels
 
 
+#: Default fewest and most frames per utterance of :func:`add_frames`.
+DEFAULT_FRAMES_PER_UTTERANCE: tuple[int, int] = (4, 16)
+
+
+def add_frames(
+    dataset: MercDataset,
+    modalities: str | Sequence[str],
+    frames_per_utterance: tuple[int, int] = DEFAULT_FRAMES_PER_UTTERANCE,
+    frame_noise: float = 1.0,
+    seed: int = 0,
+) -> MercDataset:
+    """Frame sequences whose mean is each utterance's feature vector (module docstring).
+
+    Args:
+        dataset: A dataset with the modalities' utterance features attached.
+        modalities: Modalities to give frames, e.g. ``"av"``.
+        frames_per_utterance: Fewest and most frames per utterance. Default ``(4, 16)``.
+        frame_noise: :math:`\\sigma_f`, scale of the centred frame noise. Default 1.0.
+        seed: Seeds the lengths and the frame noise (own streams). Default 0.
+
+    Returns:
+        A new dataset (input untouched; features shared) whose conversations carry
+        ``sequences[m]``; ``meta["frames"]`` records the settings.
+
+    Shapes:
+        - conv.sequences[m][i]: ``[L_i, d_m]`` float32, ``L_i`` in ``frames_per_utterance``.
+
+    >>> ds = add_frames(generate_synthetic(num_dialogues=(2, 1, 1)), "a")
+    >>> conv = ds.splits["train"][0]
+    >>> bool(abs(conv.sequences["a"][0].mean(0) - conv.features["a"][0]).max() < 1e-5)
+    True
+    """
+    mods = parse_modalities(modalities)
+    lo, hi = (int(x) for x in frames_per_utterance)
+    if not 1 <= lo <= hi:
+        raise ConfigError(f"frames_per_utterance must satisfy 1 <= fewest <= most, got {frames_per_utterance}")
+    if not frame_noise >= 0:
+        raise ConfigError(f"frame_noise must be >= 0, got {frame_noise}")
+    missing = [m for m in mods if m not in dataset.modalities]
+    if missing:
+        raise DataError(f"dataset {dataset.name!r} has no {MODALITY_NAMES[missing[0]]} features to make frames of")
+    convs, _ = _conversations_and_splits(dataset)
+    counts = [len(c) for c in convs]
+    frames: dict[str, list[list[np.ndarray]]] = {}
+    for m in mods:
+        # Own stream per modality, apart from the generator's: frames change no other number.
+        rng = np.random.default_rng([seed, 0x5EC, MODALITIES.index(m)])
+        x = np.concatenate([c.features[m] for c in convs]).astype(np.float64)
+        lengths = np.asarray(rng.integers(lo, hi + 1, size=x.shape[0]), dtype=np.int64)
+        utt = np.repeat(np.arange(x.shape[0]), lengths)
+        noise = rng.standard_normal((utt.shape[0], x.shape[1]))
+        sums = np.zeros_like(x)
+        np.add.at(sums, utt, noise)
+        noise -= (sums / lengths[:, None])[utt]
+        flat = (x[utt] + frame_noise * noise).astype(np.float32)
+        rows = np.split(flat, np.cumsum(lengths)[:-1])
+        bounds = np.cumsum([0, *counts])
+        frames[m] = [rows[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    new_convs = iter(
+        c.replace(sequences={**c.sequences, **{m: frames[m][k] for m in mods}}) for k, c in enumerate(convs)
+    )
+    # Same dict order as _conversations_and_splits, so the conversations line up.
+    splits = {name: [next(new_convs) for _ in cs] for name, cs in dataset.splits.items()}
+    meta = {
+        **dataset.meta,
+        "frames": {
+            "generator": "merc.data.synthetic.add_frames",
+            "modalities": list(mods),
+            "frames_per_utterance": [lo, hi],
+            "frame_noise": float(frame_noise),
+            "seed": seed,
+        },
+    }
+    return dataclasses.replace(dataset, splits=splits, meta=meta)
+
+
 def generate_synthetic(
     num_dialogues: tuple[int, int, int] = (120, 20, 40),
     num_classes: int = 6,
@@ -310,6 +408,9 @@ def generate_synthetic(
     dialogue_offset: float = 0.3,
     num_global_speakers: int = 8,
     seed: int = 0,
+    sequence_modalities: str | Sequence[str] = (),
+    frames_per_utterance: tuple[int, int] = DEFAULT_FRAMES_PER_UTTERANCE,
+    frame_noise: float = 1.0,
 ) -> MercDataset:
     """Generate a fully synthetic MERC dataset (process in the module docstring).
 
@@ -339,6 +440,10 @@ def generate_synthetic(
         dialogue_offset: :math:`\\sigma_g`, scale of the per-dialogue offset. Default 0.3.
         num_global_speakers: Size of the speaker pool ``s0..``. Default 8.
         seed: Seeds every random draw. Default 0.
+        sequence_modalities: Modalities that also get frame sequences
+            (:func:`add_frames`); default none. Nothing else changes.
+        frames_per_utterance: :func:`add_frames`' frame counts. Default ``(4, 16)``.
+        frame_noise: :func:`add_frames`' :math:`\\sigma_f`. Default 1.0.
 
     Returns:
         A validated :class:`MercDataset` named ``synthetic``; ``meta`` holds the
@@ -469,18 +574,21 @@ def generate_synthetic(
         },
     )
     dataset.validate()
+    if sequence_modalities:
+        dataset = add_frames(dataset, sequence_modalities, frames_per_utterance, frame_noise, seed)
     return dataset
 
 
 @register_dataset("synthetic", description=_SYNTHETIC_DESCRIPTION, modalities="tav", needs_data_root=False)
-def load_synthetic(seed: int = 0, **kwargs: Any) -> MercDataset:
+def load_synthetic(seed: int = 0, sequences: Sequence[str] = (), **kwargs: Any) -> MercDataset:
     """The registered ``synthetic`` dataset: :func:`generate_synthetic` with ``seed``.
 
     Args:
         seed: Generation seed. Default 0.
+        sequences: Modalities given frame sequences (``synthetic@av``); default none.
         **kwargs: Any other :func:`generate_synthetic` argument.
     """
-    return generate_synthetic(seed=seed, **kwargs)
+    return generate_synthetic(seed=seed, sequence_modalities=sequences, **kwargs)
 
 
 #: Generator settings of the ``synthetic-imbalance`` preset (see :func:`load_synthetic_imbalance`).
@@ -497,7 +605,7 @@ _IMBALANCE_DESCRIPTION = (
 
 
 @register_dataset("synthetic-imbalance", description=_IMBALANCE_DESCRIPTION, modalities="tav", needs_data_root=False)
-def load_synthetic_imbalance(seed: int = 0, **kwargs: Any) -> MercDataset:
+def load_synthetic_imbalance(seed: int = 0, sequences: Sequence[str] = (), **kwargs: Any) -> MercDataset:
     r"""``synthetic`` with :data:`IMBALANCE_PRESET`: text dominates, audio/visual hold what text lacks.
 
     Why these settings: with unit-norm class prototypes, :math:`\alpha_m` is a
@@ -519,9 +627,10 @@ def load_synthetic_imbalance(seed: int = 0, **kwargs: Any) -> MercDataset:
 
     Args:
         seed: Generation seed.
+        sequences: Modalities given frame sequences (``synthetic-imbalance@av``).
         **kwargs: Any :func:`generate_synthetic` argument; overrides the preset's.
     """
-    dataset = generate_synthetic(seed=seed, **{**IMBALANCE_PRESET, **kwargs})
+    dataset = generate_synthetic(seed=seed, sequence_modalities=sequences, **{**IMBALANCE_PRESET, **kwargs})
     dataset.name = "synthetic-imbalance"
     dataset.description = _IMBALANCE_DESCRIPTION
     dataset.meta["preset"] = "imbalance"
@@ -833,7 +942,13 @@ def add_generated_av(
     recipe_defaults={"curriculum": {"buckets": 5}},
 )
 def load_iemocap6_synthav(
-    data_root: str | os.PathLike[str] | None, seed: int = 0, text_reference_wf1: float | None = 67.26, **kwargs: Any
+    data_root: str | os.PathLike[str] | None,
+    seed: int = 0,
+    text_reference_wf1: float | None = 67.26,
+    sequences: Sequence[str] = (),
+    frames_per_utterance: tuple[int, int] = DEFAULT_FRAMES_PER_UTTERANCE,
+    frame_noise: float = 1.0,
+    **kwargs: Any,
 ) -> MercDataset:
     """The registered ``iemocap6-synthav`` dataset.
 
@@ -848,12 +963,98 @@ def load_iemocap6_synthav(
             visual stay weaker than text in the paper's proportions (with absolute
             targets the context-free proxy would rank generated audio above real text).
             ``None`` uses the absolute targets.
+        sequences: Modalities with sequences (``iemocap6-synthav@tav``): the generated
+            ``a``/``v`` get frames of their calibrated features (:func:`add_frames`);
+            ``t`` gets MiniLM token states from the registry
+            (:func:`merc.data.registry.attach_text_sequences`). Default none.
+        frames_per_utterance: :func:`add_frames`' frame counts. Default ``(4, 16)``.
+        frame_noise: :func:`add_frames`' :math:`\\sigma_f`. Default 1.0.
         **kwargs: Any other :func:`add_generated_av` argument.
     """
-    base = load_dataset("iemocap6", modalities="t", data_root=data_root)
+    return _real_text_with_generated_av(
+        "iemocap6",
+        "iemocap6-synthav",
+        _SYNTHAV_DESCRIPTION,
+        data_root,
+        seed,
+        text_reference_wf1,
+        sequences,
+        frames_per_utterance,
+        frame_noise,
+        **kwargs,
+    )
+
+
+def _real_text_with_generated_av(
+    base_name: str,
+    name: str,
+    description: str,
+    data_root: str | os.PathLike[str] | None,
+    seed: int,
+    text_reference_wf1: float | None,
+    sequences: Sequence[str],
+    frames_per_utterance: tuple[int, int],
+    frame_noise: float,
+    **kwargs: Any,
+) -> MercDataset:
+    """``base_name``'s real text with :func:`add_generated_av`'s audio/visual (and frames if asked), named ``name``."""
+    base = load_dataset(base_name, modalities="t", data_root=data_root)
     dataset = add_generated_av(base, seed=seed, text_reference_wf1=text_reference_wf1, **kwargs)
-    dataset.name = "iemocap6-synthav"
-    dataset.description = _SYNTHAV_DESCRIPTION
-    # The text features are iemocap6's: keep its cache key so they are computed once.
+    dataset.name = name
+    dataset.description = description
+    # The text features are the base dataset's: keep its cache key so they are computed once.
     dataset.meta["text_cache_key"] = base.meta.get("text_cache_key", base.name)
+    generated = (
+        [m for m in parse_modalities(sequences) if m in dataset.meta["generated_modalities"]] if sequences else []
+    )
+    if generated:
+        dataset = add_frames(dataset, generated, frames_per_utterance, frame_noise, seed)
     return dataset
+
+
+_SYNTHAV4_DESCRIPTION = (
+    "Real IEMOCAP-4 dialogues (happy+excited merged, frustrated dropped), speakers, labels and MiniLM text "
+    "features; the audio and visual features are GENERATED, not real audio/video: calibrated as iemocap6-synthav's, "
+    "to CORECT Table 6's unimodal profile relative to text"
+)
+
+
+@register_dataset(
+    "iemocap4-synthav",
+    description=_SYNTHAV4_DESCRIPTION,
+    modalities="tav",
+    needs_data_root=True,
+    annotations_of="iemocap4",
+)
+def load_iemocap4_synthav(
+    data_root: str | os.PathLike[str] | None,
+    seed: int = 0,
+    text_reference_wf1: float | None = 67.26,
+    sequences: Sequence[str] = (),
+    frames_per_utterance: tuple[int, int] = DEFAULT_FRAMES_PER_UTTERANCE,
+    frame_noise: float = 1.0,
+    **kwargs: Any,
+) -> MercDataset:
+    """The registered ``iemocap4-synthav`` dataset: ``iemocap4`` with generated audio/visual.
+
+    What :func:`load_iemocap6_synthav` does for IEMOCAP-6, for the 4-class set the
+    leave-one-session-out papers (MGCMA, RSM) report (``--protocol loso``, speech frames
+    with ``iemocap4-synthav@ta``). The targets are the same CORECT Table 6 profile,
+    scaled by the proxy's score on the real 4-class text (so T > A > V as there). No
+    modality owns a pair of classes (``exclusive_pairs={}``): iemocap6-synthav's pairs
+    (angry/frustrated, happy/excited) are merged or dropped in the 4 classes.
+    Arguments as :func:`load_iemocap6_synthav`.
+    """
+    kwargs.setdefault("exclusive_pairs", {})
+    return _real_text_with_generated_av(
+        "iemocap4",
+        "iemocap4-synthav",
+        _SYNTHAV4_DESCRIPTION,
+        data_root,
+        seed,
+        text_reference_wf1,
+        sequences,
+        frames_per_utterance,
+        frame_noise,
+        **kwargs,
+    )

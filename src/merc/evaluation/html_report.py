@@ -8,6 +8,11 @@ and the robustness curves and per-modality drops of a ``robustness.json`` in the
 folder. A folder passed that holds only a ``robustness.json`` (``merc robustness --out``)
 adds its curves on their own.
 
+A leave-one-session-out run (``merc train --protocol loso``) is read with every (fold,
+seed) run of its ``fold_K/seed_S`` folders: the table row says ``loso`` and shows the mean
+± std pooled over folds x seeds, the run's section adds a per-fold table, and its figures
+draw one curve per (fold, seed). ``merc report RUN/fold_K`` reports one fold alone.
+
 Only JSON is read (``results.json``, ``fingerprint.json``, ``seed_K/metrics.json``,
 ``seed_K/history.json``, ``robustness.json``): nothing is unpickled, no weights are loaded,
 and nothing here imports :mod:`merc.training` (tests/test_import_direction.py). Figures are
@@ -67,11 +72,20 @@ code { background: #f5f5f5; padding: 0 0.2em; }
 
 @dataclass
 class SeedRun:
-    """One seed of a run: its ``metrics.json`` and ``history.json``."""
+    """One seed of a run: its ``metrics.json`` and ``history.json``.
+
+    ``fold``: the held-out session of a leave-one-session-out run's seed (``None`` otherwise).
+    """
 
     seed: int
     metrics: dict[str, Any]
     history: list[dict[str, Any]]
+    fold: int | None = None
+
+    @property
+    def name(self) -> str:
+        """How figures and tables name it: ``seed 0``, or ``fold 2 seed 0``."""
+        return f"seed {self.seed}" if self.fold is None else f"fold {self.fold} seed {self.seed}"
 
 
 @dataclass
@@ -85,9 +99,32 @@ class RunRecord:
     robustness: list[dict[str, Any]] = field(default_factory=list)
 
     @property
+    def is_loso(self) -> bool:
+        """Whether this is a ``--protocol loso`` run (its scores pooled over folds x seeds)."""
+        return is_loso_results(self.results)
+
+    @property
     def title(self) -> str:
         r = self.results
         return f"{r.get('model')} on {r.get('dataset')} [{r.get('modalities')}] ({self.path.name})"
+
+
+def is_loso_results(results: Mapping[str, Any]) -> bool:
+    """Whether a ``results.json`` is that of a leave-one-session-out run."""
+    protocol = results.get("protocol")
+    return isinstance(protocol, Mapping) and protocol.get("name") == "loso"
+
+
+def _loso_runs(results: Mapping[str, Any], path: Path) -> list[tuple[int, int]]:
+    runs = results.get("runs")
+    if not isinstance(runs, list) or not runs:
+        raise DataError(f"{path}: a leave-one-session-out results.json needs its list of runs (fold, seed)")
+    pairs = []
+    for r in runs:
+        if not (isinstance(r, dict) and isinstance(r.get("fold"), int) and isinstance(r.get("seed"), int)):
+            raise DataError(f"{path}: runs must be a list of {{fold, seed}} integers, not {r!r}")
+        pairs.append((int(r["fold"]), int(r["seed"])))
+    return pairs
 
 
 def read_json(path: Path) -> Any:
@@ -127,15 +164,17 @@ def load_run(folder: str | Path) -> RunRecord:
         training = (read_json(folder / "fingerprint.json").get("config") or {}).get("training") or {}
         selection = str(training.get("selection_metric", selection))
     seeds = []
-    for seed in results["seeds"]:
-        seed_dir = folder / f"seed_{seed}"
+    where: list[tuple[int | None, int, Path]] = [(None, seed, folder / f"seed_{seed}") for seed in results["seeds"]]
+    if is_loso_results(results):
+        where = [(k, seed, folder / f"fold_{k}" / f"seed_{seed}") for k, seed in _loso_runs(results, results_path)]
+    for fold, seed, seed_dir in where:
         if not (seed_dir / "metrics.json").is_file():
             raise DataError(f"{seed_dir} has not finished (no metrics.json); rerun its `merc train` to finish it")
         metrics = _mapping(read_json(seed_dir / "metrics.json"), seed_dir / "metrics.json", ("best_epoch", "test"))
         history = read_json(seed_dir / "history.json")
         if not isinstance(history, list) or not all(isinstance(h, dict) and "epoch" in h for h in history):
             raise DataError(f"{seed_dir / 'history.json'} is not a list of per-epoch records")
-        seeds.append(SeedRun(seed, metrics, history))
+        seeds.append(SeedRun(seed, metrics, history, fold))
     robustness = folder / REPORT_FILES["json"]
     reports = load_robustness_reports(robustness) if robustness.is_file() else []
     return RunRecord(folder, results, seeds, selection, reports)
@@ -234,7 +273,7 @@ def confusion_figure(run: RunRecord) -> bytes:
         ax.set_yticks(range(len(names)), names)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
-        ax.set_title(f"test confusion, summed over {len(run.seeds)} seed(s)")
+        ax.set_title(f"test confusion, summed over {len(run.seeds)} {'runs' if run.is_loso else 'seed(s)'}")
         fig.colorbar(im, ax=ax, label="share of the true class (%)")
         return _png(fig)
 
@@ -255,14 +294,14 @@ def validation_figure(run: RunRecord) -> bytes:
     with _figure(4.4, ncols=2) as (fig, (ax, lx)):
         for s, color in zip(run.seeds, _colors(len(run.seeds))):
             ep, val = _series(s.history, key)
-            ax.plot(ep, val, marker="o", markersize=3, color=color, label=f"seed {s.seed}")
+            ax.plot(ep, val, marker="o", markersize=3, color=color, label=s.name)
             best = int(s.metrics["best_epoch"])
             if best in ep:
                 ax.plot([best], [val[ep.index(best)]], marker="*", markersize=16, color=color, markeredgecolor="k")
                 ax.axvline(best, color=color, linestyle=":", alpha=0.7)
             for loss, style in (("train_loss", "-"), ("valid_loss", "--")):
                 le, lv = _series(s.history, loss)
-                lx.plot(le, lv, style, color=color, label=f"seed {s.seed} {loss.split('_')[0]}")
+                lx.plot(le, lv, style, color=color, label=f"{s.name} {loss.split('_')[0]}")
         for a in (ax, lx):
             a.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
@@ -308,7 +347,7 @@ def terms_figure(run: RunRecord, key: str) -> bytes | None:
                     marker="o",
                     markersize=3,
                     color=color,
-                    label=f"{term} (seed {s.seed})",
+                    label=f"{term} ({s.name})",
                 )
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
@@ -334,7 +373,7 @@ def other_values_figure(run: RunRecord) -> tuple[bytes, list[str]] | None:
     with _figure(3.8, ncols=min(len(keys), 3)) as (fig, axes):
         for ax, key in zip(axes, keys):
             for s, color in zip(run.seeds, _colors(len(run.seeds))):
-                ax.plot(*_series(s.history, key), marker="o", markersize=3, color=color, label=f"seed {s.seed}")
+                ax.plot(*_series(s.history, key), marker="o", markersize=3, color=color, label=s.name)
             ax.set_xlabel("epoch")
             ax.set_title(key.replace("_", " "))
             ax.grid(alpha=0.3)
@@ -386,10 +425,48 @@ def results_rows(runs: Sequence[RunRecord]) -> list[list[str]]:
                 _metric(r, "test", "macro_f1"),
                 _metric(r, "test", "ua"),
                 _metric(r, "valid", "weighted_f1"),
-                _e(",".join(str(s) for s in r["seeds"])),
+                _seeds_cell(r),
             ]
         )
     return rows
+
+
+def _seeds_cell(results: Mapping[str, Any]) -> str:
+    seeds = _e(",".join(str(s) for s in results["seeds"]))
+    if not is_loso_results(results):
+        return seeds
+    folds = (results.get("protocol") or {}).get("folds") or []
+    return f"{seeds} × {len(folds)} folds (loso)"
+
+
+def loso_section(run: RunRecord) -> list[str]:
+    """Per-fold test scores of a leave-one-session-out run (mean ± std over its seeds)."""
+    folds = run.results.get("folds") or []
+    rows = []
+    for fold in folds:
+        test = fold.get("test") or {}
+        dialogues = fold.get("dialogues") or {}
+        rows.append(
+            [
+                _e(fold.get("fold")),
+                _e(fold.get("held_out_session")),
+                _e("/".join(str(dialogues.get(k, "?")) for k in ("train", "valid", "test"))),
+                *(_e(format_mean_std(test[k])) if k in test else "–" for k in ("weighted_f1", "accuracy", "ua")),
+            ]
+        )
+    protocol = run.results.get("protocol") or {}
+    return [
+        "<h3>Leave-one-session-out folds</h3>",
+        f"<p class='meta'>Fold k tests on session k; validation = {_e(protocol.get('valid_share'))} of each "
+        "training session's dialogues (a fixed draw, the same for every seed). Per fold: mean ± std over seeds. "
+        f"The results table pools the {len(run.seeds)} (fold, seed) runs ({_e(protocol.get('std_over'))}).</p>",
+        _table(
+            ["fold", "held-out session", "dialogues train/valid/test", "test w-F1 (%)", "test WA (%)", "test UA (%)"],
+            rows,
+            text_columns=0,
+            cls="loso-folds",
+        ),
+    ]
 
 
 RESULTS_HEADER = (
@@ -434,6 +511,9 @@ def robustness_section(reports: Sequence[Mapping[str, Any]], metric: str, where:
 
 def imbalance_section(run: RunRecord) -> list[str]:
     """Unimodal curves, the heads' test scores and ``merc imbalance``'s comparison, when recorded."""
+    if run.is_loso:
+        # Its figure is keyed by seed, and every fold has the same seeds: see each fold's own report.
+        return []
     png = imbalance_png({s.seed: s.history for s in run.seeds}, dpi=_DPI)
     if png is None:
         return []
@@ -490,27 +570,31 @@ def run_section(run: RunRecord, index: int) -> str:
     names = list(run.seeds[0].metrics["test"]["per_class_f1"])
     per_class = aggregate_seeds([s.metrics["test"]["per_class_f1"] for s in run.seeds], keys=names)
     parts = [f'<section class="run" id="run-{index}"><h2>{_e(run.title)}</h2>']
+    runs_word = "(fold, seed) run(s)" if run.is_loso else "seed(s)"
     parts.append(f"<p class='meta'>folder <code>{_e(run.path)}</code>; seeds {_e(run.results['seeds'])}; ")
     parts.append(
         "epochs run / selected epoch per seed: "
         + ", ".join(
-            f"{s.seed}: {_e(s.metrics.get('epochs_run', len(s.history)))} / {_e(s.metrics['best_epoch'])}"
+            f"{_e(s.name.removeprefix('seed '))}: {_e(s.metrics.get('epochs_run', len(s.history)))} / "
+            f"{_e(s.metrics['best_epoch'])}"
             for s in run.seeds
         )
         + f"; model selected on valid {_e(METRIC_TITLES.get(run.selection_metric, run.selection_metric))}.</p>"
     )
+    if run.is_loso:
+        parts += loso_section(run)
     parts.append("<h3>Per-class F1 (test)</h3>")
     parts.append(
         _img(
             per_class_f1_figure(run),
             f"per-class F1 of {run.path.name}",
-            f"Test F1 per class of each seed's selected weights: mean over {n} seed(s), error bars = std.",
+            f"Test F1 per class of each seed's selected weights: mean over {n} {runs_word}, error bars = std.",
             "per_class_f1",
         )
     )
     parts.append(
         _table(
-            ["class", "test F1 (%)", *(f"seed {s.seed}" for s in run.seeds)],
+            ["class", "test F1 (%)", *(s.name for s in run.seeds)],
             [
                 [_e(c), _e(format_mean_std(per_class[c])), *(f"{float(v):.2f}" for v in per_class[c]["per_seed"])]
                 for c in names
@@ -523,7 +607,7 @@ def run_section(run: RunRecord, index: int) -> str:
         _img(
             confusion_figure(run),
             f"confusion matrix of {run.path.name}",
-            f"Test confusion of each seed's selected weights, <b>summed</b> over the {n} seed(s): counts, and the "
+            f"Test confusion of each seed's selected weights, <b>summed</b> over the {n} {runs_word}: counts, and the "
             "share of the true class (row %) as colour. Rows: true class; columns: predicted.",
             "confusion",
         )
@@ -609,7 +693,13 @@ def render_report(paths: Sequence[str | Path], title: str | None = None) -> str:
     if runs:
         results = (
             "<h2>Results</h2><p class='meta'>Test split scored once with the weights selected on validation; "
-            "mean ± std (sample std) over seeds, in percent.</p>"
+            "mean ± std (sample std) over seeds, in percent"
+            + (
+                "; a loso row (leave-one-session-out) pools every (fold, seed) run: mean ± std over folds x seeds"
+                if any(r.is_loso for r in runs)
+                else ""
+            )
+            + ".</p>"
             + _table(RESULTS_HEADER, results_rows(runs), text_columns=4, cls="results")
         )
     return (

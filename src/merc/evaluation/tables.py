@@ -7,6 +7,11 @@ backbone's ``base`` run on the same seeds (two-sided; ``*`` p < 0.05, ``†`` p 
 with the sign of the mean difference. With three seeds the test has two degrees of
 freedom: it flags only large, consistent changes, which is the point.
 
+A leave-one-session-out run (``merc train --protocol loso``) is its own backbone row,
+``<model> (loso)``: its cells show the mean ± std pooled over folds x seeds, and its
+paired test pairs each seed's cross-validated score (its mean over the folds) with the
+base run's.
+
 Reads only ``results.json`` and ``config.yaml`` of each run folder. Which recipe sections
 are balance methods is the caller's knowledge (the plug-in registry lives in
 :mod:`merc.training`, above this package): ``bench/results_table.py --balance`` passes them.
@@ -46,16 +51,26 @@ def _load(run: Path, method_sections: Sequence[str]) -> dict[str, Any] | None:
     config_path = run / "config.yaml"
     config = yaml.safe_load(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
     fusion = ((config or {}).get("model") or {}).get("fusion")
+    loso = is_loso(results)
     return {
-        # Late-fusion variants are other backbones (SPCL's four are all late fusion).
-        "model": results["model"] + (f" ({fusion})" if fusion == "late" else ""),
+        # Late-fusion variants are other backbones (SPCL's four are all late fusion), and
+        # so is a cross-validated run: its numbers are not comparable with one split's.
+        "model": results["model"] + (f" ({fusion})" if fusion == "late" else "") + (" (loso)" if loso else ""),
         "dataset": results["dataset"],
         "modalities": results["modalities"],
         "method": run_method(config or {}, method_sections),
         "seeds": list(results.get("seeds") or []),
         "test": results["test"],
+        # What the paired test pairs by seed: a loso run's per-seed means over its folds.
+        "paired": results["seed_means"]["test"] if loso else results["test"],
         "run": str(run),
     }
+
+
+def is_loso(results: Mapping[str, Any]) -> bool:
+    """Whether a ``results.json`` is that of a leave-one-session-out run (``--protocol loso``)."""
+    protocol = results.get("protocol")
+    return isinstance(protocol, Mapping) and protocol.get("name") == "loso"
 
 
 def paired_test(values: Sequence[float], base: Sequence[float]) -> tuple[float, float] | None:
@@ -95,8 +110,8 @@ def _cell(entry: Mapping[str, Any], base: Mapping[str, Any] | None, metric: str)
     values = entry["test"][metric]
     text = format_mean_std(values)
     if base is not None and entry is not base:
-        per_seed = dict(zip(entry["seeds"], values["per_seed"], strict=True))
-        base_seed = dict(zip(base["seeds"], base["test"][metric]["per_seed"], strict=True))
+        per_seed = dict(zip(entry["seeds"], entry["paired"][metric]["per_seed"], strict=True))
+        base_seed = dict(zip(base["seeds"], base["paired"][metric]["per_seed"], strict=True))
         common = [s for s in entry["seeds"] if s in base_seed]
         text += _mark(paired_test([per_seed[s] for s in common], [base_seed[s] for s in common]))
     return text
@@ -146,10 +161,16 @@ def balance_table(runs: Sequence[str | Path], method_sections: Sequence[str]) ->
             out.append(f"| {model} | {'+' + method if method != 'base' else 'base'} | " + " | ".join(parts) + " |")
         out += [
             "",
-            "Paired t-test per seed against the same model's base run: ↑/↓ direction, * p < 0.05, † p < 0.10.",
+            "Paired t-test per seed against the same model's base run: ↑/↓ direction, * p < 0.05, † p < 0.10."
+            + (
+                " (loso) rows: leave-one-session-out, mean ± std over folds x seeds; paired by seed on each "
+                "seed's mean over the folds."
+                if any(model.endswith("(loso)") for model, _ in rows)
+                else ""
+            ),
             "",
         ]
     return "\n".join(out)
 
 
-__all__ = ["balance_table", "paired_test", "run_method"]
+__all__ = ["balance_table", "is_loso", "paired_test", "run_method"]

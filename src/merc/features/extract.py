@@ -17,7 +17,9 @@
 
 :func:`extract_folder` applies it to a native dataset folder whose conversations point
 to media (:mod:`merc.data.formats.native`), which is what ``merc extract --modalities
-a,v`` writes into ``features/<m>.safetensors``.
+a,v`` writes into ``features/<m>.safetensors``; with a frame-level extractor (``merc
+extract --level sequence``: eGeMAPSv02 low-level descriptors, 25 per 10 ms frame) it
+gives per-utterance frames instead, which go to ``sequences/<m>.safetensors``.
 """
 
 from __future__ import annotations
@@ -239,7 +241,8 @@ class FolderFeatures:
 
     Attributes:
         modality: ``a`` or ``v``.
-        features: ``{conversation id: float32 [n_utt, d]}``.
+        features: ``{conversation id: float32 [n_utt, d]}`` (utterance-level
+            extractors; ``{}`` for frame-level ones).
         spec: The feature specification (:mod:`merc.features.spec`).
         report: Counts for ``metadata.json`` (``meta.extraction.<m>``): utterances,
             without media; visual: sampled frames, frames without a face, utterances
@@ -252,6 +255,9 @@ class FolderFeatures:
     spec: dict[str, Any]
     report: dict[str, Any]
     warnings: list[str]
+    #: Frame-level extractors: ``{conversation id: [float32 [L_i, d] per utterance]}``;
+    #: an utterance without media has ``L_i = 0``.
+    sequences: dict[str, list[np.ndarray]] = field(default_factory=dict)
 
 
 def build_extractor(modality: str, name: str | None = None, **settings: Any) -> MediaExtractor:
@@ -318,7 +324,6 @@ def extract_folder(folder: str | Path, extractor: MediaExtractor, show_progress:
             f"there is nothing to compute {MODALITY_NAMES[m]} features from; see the README's format section"
         )
     result = extract_segments(segments, extractor, show_progress=show_progress, what=str(folder))
-    assert result.features is not None
     n = len(segments)
     without = [u for u, ok in zip(uids, result.present) if not ok]
     report: dict[str, Any] = {
@@ -332,7 +337,7 @@ def extract_folder(folder: str | Path, extractor: MediaExtractor, show_progress:
     if without:
         warnings.append(
             f"{len(without)} of {n} utterances have no {MODALITY_NAMES[m]} media (first: {without[0]!r}): "
-            f"their {m} features are zeros"
+            + (f"their {m} sequences are empty" if extractor.frame_level else f"their {m} features are zeros")
         )
     if "face_frames" in result.extras:
         frames, faces = result.extras["frames"], result.extras["face_frames"]
@@ -365,8 +370,16 @@ def extract_folder(folder: str | Path, extractor: MediaExtractor, show_progress:
     for line in warnings:
         log.warning("%s: %s", folder, line)
     features: dict[str, np.ndarray] = {}
+    sequences: dict[str, list[np.ndarray]] = {}
+    empty = np.zeros((0, extractor.dim), dtype=np.float32)
     start = 0
     for conv in convs:
-        features[conv.id] = result.features[start : start + len(conv)]
+        if result.features is not None:
+            features[conv.id] = result.features[start : start + len(conv)]
+        else:
+            rows = (result.sequences or [None] * n)[start : start + len(conv)]
+            sequences[conv.id] = [empty if r is None else r for r in rows]
         start += len(conv)
-    return FolderFeatures(m, features, extractor.spec(), report, warnings)
+    if extractor.frame_level:
+        report["frames"] = int(sum(len(r) for rows in sequences.values() for r in rows))
+    return FolderFeatures(m, features, extractor.spec(), report, warnings, sequences)

@@ -56,6 +56,31 @@ def text_encoder_spec(encoder: str, dim: int) -> dict[str, Any]:
     }
 
 
+def text_token_spec(encoder: str, dim: int, keep_special_tokens: bool = True) -> dict[str, Any]:
+    """The specification of token-level text made by :func:`merc.features.text.encode_token_sequences`.
+
+    Recorded in ``meta["sequence_specs"]["t"]`` (not among the utterance-level
+    :data:`META_KEY` specs: a model bundle's inputs stay the utterance features).
+    """
+    from merc.features.text import encoder_version
+
+    return {
+        "source": "text-encoder",
+        "encoder": encoder,
+        "encoder_version": encoder_version(encoder),
+        "library": "sentence-transformers",
+        "level": "token",
+        "output": "last hidden states (token_embeddings), not normalised",
+        "special_tokens": "kept ([CLS] first, [SEP] last)" if keep_special_tokens else "dropped",
+        "cache_dtype": "float16",
+        "dim": int(dim),
+    }
+
+
+#: Key of :attr:`MercDataset.meta` holding ``{modality: spec}`` of token/frame-level sequences.
+SEQUENCE_META_KEY = "sequence_specs"
+
+
 def feature_specs(dataset: MercDataset) -> dict[str, dict[str, Any]]:
     """``{modality: spec}`` for every attached modality of ``dataset``.
 

@@ -40,6 +40,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 import merc
+from merc.data.registry import split_sequence_request
 from merc.data.schema import parse_modalities
 from merc.errors import CheckpointError, ConfigError, DataError, MercError
 from merc.evaluation.metrics import HEADLINE_METRICS
@@ -183,6 +184,13 @@ def bundle_from_run(run_dir: str | Path, seed: int | None = None, data_root: str
     from merc.training.trainer import BEST_WEIGHTS, TrainConfig
 
     run, recipe, info = open_run_folder(run_dir, bundle_hint=True)
+    dataset_arg = str((recipe.get("data") or {}).get("dataset_arg") or "")
+    if split_sequence_request(dataset_arg)[1]:
+        raise ConfigError(
+            f"{run} was trained on token/frame sequences ({dataset_arg!r}); bundles and merc predict feed "
+            "utterance-level features only, so they would not give the model what it was trained on. "
+            "Evaluate such a run with `merc evaluate`, or train without the @ request to bundle it"
+        )
     model_args = check_model_arguments(info["model_name"], recipe.get("model") or {})
     metric = TrainConfig.from_dict(recipe.get("training") or {}).selection_metric
     done = finished_seeds(run, info["seeds"])

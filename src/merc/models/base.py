@@ -174,7 +174,8 @@ class MercModel(nn.Module):
         """The batch the encoders see.
 
         Models without ``models_missing`` see the batch as given. The others see their
-        inputs zeroed where a modality is unavailable; in training with
+        inputs zeroed where a modality is unavailable (token/frame ``sequences`` too, with
+        ``sequence_lengths`` 0 there); in training with
         ``train_mask_rate > 0`` a random share of the available entries is hidden too
         (:func:`merc.data.missing.drop_available`, redrawn every batch) and the batch as
         given is kept in ``Batch.complete`` for reconstruction targets.
@@ -191,8 +192,20 @@ class MercModel(nn.Module):
         cols = [batch.modalities.index(m) for m in self.modalities]
         availability = batch.availability.clone()
         availability[..., cols] = visible
+        # Token/frame-level inputs follow the same mask: a hidden utterance has no frames.
+        sequences, sequence_lengths = dict(batch.sequences), dict(batch.sequence_lengths)
+        flat_visible = batch.flatten(visible)
+        for k, m in enumerate(self.modalities):
+            if m in batch.sequences:
+                sequences[m] = batch.sequences[m] * flat_visible[:, k, None, None].to(batch.sequences[m].dtype)
+                sequence_lengths[m] = batch.sequence_lengths[m] * flat_visible[:, k]
         return dataclasses.replace(
-            batch, features=features, availability=availability, complete=batch if visible is not available else None
+            batch,
+            features=features,
+            availability=availability,
+            sequences=sequences,
+            sequence_lengths=sequence_lengths,
+            complete=batch if visible is not available else None,
         )
 
     # -- plug-in surface ---------------------------------------------------------------
@@ -217,6 +230,19 @@ class MercModel(nn.Module):
                 params += list(self.unimodal_classifiers[m].parameters())
             groups[m] = params
         return groups
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters every training objective shares (multi-objective plug-ins balance these).
+
+        The Pareto gradient modulator (``pgm``, CSS, AAAI 2026) solves for loss weights
+        from the per-loss gradients on these parameters and writes the combined gradient
+        only there. Default: every trainable parameter except the per-modality unimodal
+        heads (``unimodal_classifiers``), which only the unimodal losses reach. A model
+        whose shared trunk is narrower (CSS: the encoders up to its per-modality
+        representations) overrides this.
+        """
+        heads = {id(p) for p in self.unimodal_classifiers.parameters()}
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in heads]
 
     def probe_parameters(self) -> list[nn.Parameter]:
         """Parameters of the unimodal probes (heads trained on detached codes), else ``[]``.

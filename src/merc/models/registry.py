@@ -70,7 +70,7 @@ def build_model(name: str, **kwargs: Any) -> MercModel:
 
 
 #: Constructor arguments that are dataset facts, passed by the runner, never by a recipe.
-DATASET_FACTS = frozenset({"in_dims", "num_classes", "num_speakers", "num_parties"})
+DATASET_FACTS = frozenset({"in_dims", "num_classes", "num_speakers", "num_parties", "sequence_dims"})
 
 
 def check_model_arguments(name: str, arguments: Mapping[str, Any]) -> dict[str, Any]:

@@ -56,7 +56,18 @@ FINGERPRINT_VERSION = 1
 #: change them (another device, more threads, no progress bar).
 NON_RESULT_TRAINING_KEYS = ("device", "num_threads", "show_progress")
 #: ``data`` keys merc writes itself (bookkeeping), not recipe options.
-RECORDED_DATA_KEYS = ("recipe_file", "recipe_base", "dataset", "dataset_arg", "modalities", "seeds", "model_name")
+#: ``protocol`` (a ``--protocol loso`` run's record) is compared on its own: the fingerprint's
+#: ``protocol`` part (:func:`run_fingerprint`).
+RECORDED_DATA_KEYS = (
+    "recipe_file",
+    "recipe_base",
+    "dataset",
+    "dataset_arg",
+    "modalities",
+    "seeds",
+    "model_name",
+    "protocol",
+)
 #: Names merc writes into a run folder; ``--overwrite`` removes only a folder made of these.
 #: What the model's inputs were: the dataset facts the model was built for (label names,
 #: speaker vocabulary, parties, dims), how each modality's features were made
@@ -67,6 +78,9 @@ INPUTS_FILE = "inputs.json"
 STATISTICS_FILE = "standardization.safetensors"
 #: Per-epoch unimodal scores of a run (written by the runner).
 IMBALANCE_PLOT = "imbalance.png"
+#: A ``--protocol loso`` run: the dialogue ids of every fold's splits, and one folder per fold.
+FOLDS_FILE = "folds.json"
+FOLD_PREFIX = "fold_"
 #: ``merc imbalance``: the alone runs' sub-folder and the comparison's file stem.
 ALONE_DIR = "alone"
 RUN_FOLDER_NAMES = (
@@ -80,6 +94,7 @@ RUN_FOLDER_NAMES = (
     # Written by merc train (the per-epoch unimodal scores) and merc imbalance (its
     # comparison and the alone runs, which --overwrite discards with the run).
     IMBALANCE_PLOT,
+    FOLDS_FILE,
     *(f"{ALONE_REPORT_STEM}.{suffix}" for suffix in ("json", "md", "png")),
     ALONE_DIR,
 )
@@ -225,8 +240,12 @@ def describe_os_error(exc: OSError) -> str:
 
 
 def is_run_folder(out: Path) -> bool:
-    """Whether ``out`` holds any of the files or ``seed_<k>/`` folders a run writes."""
-    return any((out / name).exists() for name in RUN_FOLDER_NAMES if name != LOCK_FILE) or any(out.glob("seed_*"))
+    """Whether ``out`` holds any of the files or ``seed_<k>/`` (``fold_<k>/``) folders a run writes."""
+    return (
+        any((out / name).exists() for name in RUN_FOLDER_NAMES if name != LOCK_FILE)
+        or any(out.glob("seed_*"))
+        or any(out.glob(f"{FOLD_PREFIX}*"))
+    )
 
 
 def clear_run_folder(out: Path) -> None:
@@ -239,7 +258,9 @@ def clear_run_folder(out: Path) -> None:
     foreign = [
         p.name
         for p in entries
-        if p.name not in RUN_FOLDER_NAMES and not p.name.startswith("seed_") and not p.name.endswith(".tmp")
+        if p.name not in RUN_FOLDER_NAMES
+        and not p.name.startswith(("seed_", FOLD_PREFIX))
+        and not p.name.endswith(".tmp")
     ]
     if foreign:
         raise RunFolderError(
@@ -414,7 +435,12 @@ def result_config(recipe: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def run_fingerprint(
-    model: str, modalities: str, seeds: Sequence[int], recipe: Mapping[str, Any], dataset: MercDataset | None
+    model: str,
+    modalities: str,
+    seeds: Sequence[int],
+    recipe: Mapping[str, Any],
+    dataset: MercDataset | None,
+    protocol: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What a run folder holds: model, modalities, seeds, result-deciding recipe and dataset.
 
@@ -425,6 +451,9 @@ def run_fingerprint(
         recipe: The resolved recipe (see :func:`result_config`).
         dataset: The loaded dataset before transforms; ``None`` leaves the dataset part
             out (the configuration can be compared before any data loads).
+        protocol: The evaluation protocol of a ``--protocol loso`` run (name, validation
+            share, split seed); ``None`` (the dataset's own splits) adds nothing, so such
+            fingerprints are those of runs written before protocols existed.
     """
     out: dict[str, Any] = {
         "version": FINGERPRINT_VERSION,
@@ -433,6 +462,8 @@ def run_fingerprint(
         "seeds": sorted(int(s) for s in seeds),
         "config": result_config(recipe),
     }
+    if protocol is not None:
+        out["protocol"] = json.loads(json.dumps(dict(protocol), sort_keys=True))
     if dataset is not None:
         out["dataset"] = {
             "name": dataset.name,
@@ -461,6 +492,8 @@ def fingerprint_differences(stored: Mapping[str, Any], current: Mapping[str, Any
     for key, flag in (("model", "--model"), ("modalities", "--modalities"), ("seeds", "--seeds")):
         if stored.get(key) != current.get(key):
             diffs.append(f"{flag} {_show(current.get(key))} here, {_show(stored.get(key))} in the run")
+    if stored.get("protocol") != current.get("protocol"):
+        diffs.append(f"--protocol {_protocol(current)} here, {_protocol(stored)} in the run")
     old, new = _leaves(stored.get("config", {})), _leaves(current.get("config", {}))
     for key in sorted(set(old) | set(new)):
         if old.get(key, "<unset>") != new.get(key, "<unset>"):
@@ -473,6 +506,14 @@ def fingerprint_differences(stored: Mapping[str, Any], current: Mapping[str, Any
                 f"{str(a.get('sha256'))[:12]} in the run ({b.get('utterances')} and {a.get('utterances')} utterances)"
             )
     return diffs
+
+
+def _protocol(fingerprint: Mapping[str, Any]) -> str:
+    protocol = fingerprint.get("protocol")
+    if not isinstance(protocol, Mapping):
+        return "split"
+    details = ", ".join(f"{k} {v}" for k, v in sorted(protocol.items()) if k != "name")
+    return f"{protocol.get('name')} ({details})" if details else str(protocol.get("name"))
 
 
 def _show(value: Any) -> str:
@@ -597,6 +638,8 @@ def removed_if_left_empty(out: Path, created: bool) -> Iterator[None]:
 __all__ = [
     "INPUTS_FILE",
     "FINGERPRINT_FILE",
+    "FOLDS_FILE",
+    "FOLD_PREFIX",
     "STATISTICS_FILE",
     "LOCK_FILE",
     "RunLock",

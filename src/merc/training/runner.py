@@ -7,10 +7,18 @@ seed (checkpoint, selected weights, history, metrics) and ``results.json`` with 
 validation mean ± std over seeds. Finished seeds are skipped and unfinished ones resume
 from their checkpoint, so a killed run is continued by repeating the command; the same
 folder with other settings or other data is refused.
+
+``protocol="loso"`` (``merc train --protocol loso``) runs leave-one-session-out
+cross-validation instead of the dataset's own splits (:mod:`merc.data.protocols`): one
+folder ``fold_<k>/`` per held-out session, each with the ``seed_<s>/`` folders and a
+``results.json`` of that fold, ``folds.json`` with every fold's dialogue ids, and a
+``results.json`` pooling every (fold, seed) run (:func:`summarise_loso`). Finished seeds
+of finished or unfinished folds are reused in the same way.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -22,21 +30,39 @@ from pathlib import Path
 from typing import Any
 
 from merc.config import apply_overrides, check_model_ranges, load_recipe, load_yaml, save_yaml
-from merc.data.batching import ConversationTensors, to_tensors
-from merc.data.registry import dataset_recipe_defaults, load_dataset
+from merc.data.batching import ConversationTensors, sequence_dims, to_tensors
+from merc.data.protocols import (
+    DEFAULT_SPLIT_SEED,
+    DEFAULT_VALID_SHARE,
+    PROTOCOLS,
+    Fold,
+    check_valid_share,
+    fold_dataset,
+    folds_record,
+    session_folds,
+)
+from merc.data.registry import (
+    dataset_recipe_defaults,
+    get_dataset_spec,
+    is_dataset_path,
+    load_dataset,
+    split_sequence_request,
+)
 from merc.data.schema import MercDataset, class_weights, parse_modalities
 from merc.data.transforms import STANDARDIZE_EPS, feature_statistics, standardize_features
-from merc.errors import CheckpointError, ConfigError, MercError, RunFolderError
+from merc.errors import CheckpointError, ConfigError, MercError, RunFolderError, resolve_choice
 from merc.evaluation.aggregate import aggregate_seeds
 from merc.evaluation.imbalance import plot_imbalance
 from merc.evaluation.metrics import HEADLINE_METRICS
 from merc.features.spec import feature_specs
 from merc.models.base import MercModel
-from merc.models.registry import build_model, check_model_arguments
+from merc.models.registry import build_model, check_model_arguments, get_model_class
 from merc.training.data_checks import DataOptions, check_trainable
 from merc.training.plugins.registry import build_plugins, check_plugin_sections, fill_dataset_defaults
 from merc.training.run_folder import (
     FINGERPRINT_FILE,
+    FOLD_PREFIX,
+    FOLDS_FILE,
     IMBALANCE_PLOT,
     RunLock,
     atomic_write_json,
@@ -73,10 +99,18 @@ def _write_json(data: Any, path: Path) -> None:
 def model_for(dataset: MercDataset, model_name: str, model_args: dict[str, Any]) -> MercModel:
     """Build ``model_name`` for ``dataset``'s facts (dims, classes, speakers).
 
+    A model whose constructor has a ``sequence_dims`` parameter (a token/frame-level
+    model) also gets ``{modality: d'}`` of the dataset's sequences
+    (:func:`merc.data.batching.sequence_dims`; ``{}`` when it carries none, which the
+    model may refuse).
+
     Raises:
         ConfigError: The constructor refuses the options for these facts (a constraint
             that depends on the data, e.g. heads that do not divide a dim).
     """
+    facts: dict[str, Any] = {}
+    if "sequence_dims" in inspect.signature(get_model_class(model_name).__init__).parameters:
+        facts["sequence_dims"] = sequence_dims(dataset)
     try:
         return build_model(
             model_name,
@@ -84,6 +118,7 @@ def model_for(dataset: MercDataset, model_name: str, model_args: dict[str, Any])
             num_classes=dataset.num_classes,
             num_speakers=dataset.num_speakers,
             num_parties=dataset.max_parties,
+            **facts,
             **model_args,
         )
     except MercError:
@@ -404,6 +439,8 @@ def run_experiment(
     device: str | None = None,
     show_progress: bool = True,
     overwrite: bool = False,
+    protocol: str = "split",
+    valid_share: float = DEFAULT_VALID_SHARE,
 ) -> dict[str, Any]:
     """Train ``model`` on ``dataset`` for every seed and aggregate.
 
@@ -425,6 +462,13 @@ def run_experiment(
         device: Overrides ``training.device``.
         show_progress: Progress bars.
         overwrite: Discard what ``out_dir`` holds (only a run folder's files) and start afresh.
+        protocol: ``"split"`` (default): the dataset's own train/valid/test splits.
+            ``"loso"``: leave-one-session-out cross-validation, every seed trained once
+            per fold (:mod:`merc.data.protocols`, :func:`summarise_loso`); needs
+            dialogues with sessions (IEMOCAP).
+        valid_share: ``loso`` only: share of each training session's dialogues held out
+            for validation (default 0.1; the draw is fixed, the same for every seed and
+            model).
 
     Returns:
         The ``results.json`` content.
@@ -436,6 +480,7 @@ def run_experiment(
     """
     mods = parse_modalities(modalities)
     seeds = check_seeds(seeds)
+    protocol_record = protocol_options(protocol, valid_share)
     dataset_name = dataset if isinstance(dataset, str) else dataset.name
     recipe = resolve_recipe(model, dataset_name, overrides, recipe_path)
     if device is not None:
@@ -447,9 +492,15 @@ def run_experiment(
     recipe.setdefault("data", {}).update(
         {"dataset_arg": dataset_name, "modalities": "".join(mods), "seeds": list(seeds), "model_name": model}
     )
+    run = _run
+    if protocol_record is not None:
+        recipe["data"]["protocol"] = dict(protocol_record)
+        run = _run_loso
+        if isinstance(dataset, str):
+            check_sessions(dataset, data_root)
     out = Path(out_dir) if out_dir is not None else None
     if out is None:
-        return _run(model, dataset, mods, seeds, None, recipe, options, data_root, device, show_progress)
+        return run(model, dataset, mods, seeds, None, recipe, options, data_root, device, show_progress)
     created = prepare_out_dir(out)
     with removed_if_left_empty(out, created), RunLock(out):
         remove_stale_temporaries(out)
@@ -457,13 +508,17 @@ def run_experiment(
             clear_run_folder(out)
         stored = _stored_fingerprint(out)
         if stored is not None:
-            _refuse_mismatch(out, stored, run_fingerprint(model, "".join(mods), seeds, normalised_recipe(recipe), None))
+            _refuse_mismatch(
+                out,
+                stored,
+                run_fingerprint(model, "".join(mods), seeds, normalised_recipe(recipe), None, protocol_record),
+            )
             if "dataset" not in stored and stored.get("dataset_arg") != dataset_name:
                 raise RunFolderError(
                     f"{out} holds a run on dataset {stored.get('dataset_arg')!r}, not {dataset_name!r}; "
                     "choose another --out, or rerun with --overwrite to discard it"
                 )
-        return _run(model, dataset, mods, seeds, out, recipe, options, data_root, device, show_progress, stored)
+        return run(model, dataset, mods, seeds, out, recipe, options, data_root, device, show_progress, stored)
 
 
 def _run(
@@ -503,6 +558,282 @@ def _run(
         # (deterministic given the fingerprinted data, so a resume rewrites the same).
         write_input_record(out, input_record(raw, feature_specs(raw), stats is not None, STANDARDIZE_EPS), stats)
     tensors = to_tensors(data)
+    per_seed, reused, resumed, seconds = _train_seeds(data, tensors, model, recipe, seeds, out, device, show_progress)
+    results = {
+        "model": model,
+        "dataset": data.name,
+        "modalities": "".join(mods),
+        "seeds": list(seeds),
+        **summarise(per_seed, seconds, reused, resumed),
+    }
+    if out is not None:
+        _write_json(results, out / "results.json")
+        write_imbalance_plot(out, seeds)
+    return results
+
+
+# -- leave-one-session-out cross-validation -------------------------------------------------------
+#: How results.json of a ``--protocol loso`` run computes its headline ``std``.
+LOSO_STD_OVER = "folds x seeds: sample std (ddof=1) over every (fold, seed) run"
+
+
+def protocol_options(protocol: str, valid_share: float = DEFAULT_VALID_SHARE) -> dict[str, Any] | None:
+    """The record of a run's evaluation protocol: ``None`` for the dataset's own splits.
+
+    For ``loso``: ``{"name": "loso", "valid_share": ..., "split_seed": 0}``, what
+    ``config.yaml`` (``data.protocol``) and the fingerprint hold.
+
+    Raises:
+        ConfigError: An unknown protocol, or a share outside ``(0, 1)``.
+    """
+    name = resolve_choice("protocol (--protocol)", protocol, PROTOCOLS)
+    if name == "split":
+        return None
+    return {"name": name, "valid_share": check_valid_share(valid_share), "split_seed": DEFAULT_SPLIT_SEED}
+
+
+def check_sessions(dataset: str, data_root: str | Path | None) -> None:
+    """Refuse a registered dataset without session ids before any feature is computed.
+
+    Reads the dataset's annotations only (for a dataset with generated features, those of
+    the corpus it is built on); a dataset path is checked once loaded.
+
+    Raises:
+        DataError: A dialogue without a session ("loso needs session ids ...").
+    """
+    name = split_sequence_request(dataset)[0]
+    if is_dataset_path(name):
+        return
+    spec = get_dataset_spec(name)
+    annotations = load_dataset(spec.annotations_of or name, data_root=data_root, validate=False, show_progress=False)
+    annotations.name = name
+    session_folds(annotations)
+
+
+def _protocol_of(recipe: Mapping[str, Any]) -> dict[str, Any]:
+    protocol = (recipe.get("data") or {}).get("protocol")
+    if not isinstance(protocol, Mapping) or protocol.get("name") != "loso":
+        raise ConfigError(f"not a leave-one-session-out recipe (data.protocol is {protocol!r})")
+    return dict(protocol)
+
+
+def _check_stored_folds(out: Path, record: list[dict[str, Any]]) -> None:
+    """Refuse to resume a LOSO folder whose ``folds.json`` holds other folds than this run makes."""
+    path = out / FOLDS_FILE
+    if not path.is_file():
+        return
+    try:
+        stored = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, OSError):
+        stored = None
+    if stored != record:
+        raise RunFolderError(
+            f"{path} holds other folds than this run makes (other dialogues or another validation draw); "
+            "choose another --out, or rerun with --overwrite to discard it"
+        )
+
+
+def _run_loso(
+    model: str,
+    dataset: str | MercDataset,
+    mods: Sequence[str],
+    seeds: list[int],
+    out: Path | None,
+    recipe: dict[str, Any],
+    options: DataOptions,
+    data_root: str | Path | None,
+    device: str | None,
+    show_progress: bool,
+    stored: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """:func:`_run` for ``--protocol loso``: every seed on every fold, into ``out/fold_<k>/``.
+
+    Each fold is a dataset of its own (:func:`merc.data.protocols.fold_dataset`):
+    standardisation statistics, class weights and plug-in schedules come from the
+    fold's training dialogues only, the model is selected on the fold's validation
+    dialogues, and the held-out session is scored once with the selected weights.
+    """
+    protocol = _protocol_of(recipe)
+    raw = _load_raw(dataset, mods, data_root, show_progress)
+    folds = session_folds(raw, protocol["valid_share"], protocol["split_seed"])
+    fold_raws = [fold_dataset(raw, fold) for fold in folds]
+    for fold_raw in fold_raws:
+        check_trainable(fold_raw, options)
+    recipe["data"]["dataset"] = raw.name
+    # As in _run: options the model or a plug-in refuses fail before anything is written.
+    model_for(fold_raws[0], model, dict(recipe.get("model") or {}))
+    build_plugins(recipe, fold_raws[0])
+    record = folds_record(folds)
+    if out is not None:
+        fingerprint = run_fingerprint(model, "".join(mods), seeds, normalised_recipe(recipe), raw, protocol)
+        if stored is not None:
+            _refuse_mismatch(out, stored, fingerprint)
+        _check_stored_folds(out, record)
+        if stored is None or "dataset" not in stored:
+            atomic_write_json(out / FINGERPRINT_FILE, fingerprint)
+        if stored is None or not (out / "config.yaml").is_file():
+            save_yaml(recipe, out / "config.yaml")
+        atomic_write_json(out / FOLDS_FILE, record)
+    per_fold: list[tuple[Fold, list[dict[str, Any]], dict[str, Any]]] = []
+    for fold, fold_raw in zip(folds, fold_raws, strict=True):
+        k = fold.held_out_session
+        stats = training_statistics(fold_raw) if options.standardize else None
+        data = standardize_features(fold_raw, statistics=stats) if stats is not None else fold_raw
+        fold_dir = out / f"{FOLD_PREFIX}{k}" if out is not None else None
+        if fold_dir is not None:
+            fold_dir.mkdir(exist_ok=True)
+            remove_stale_temporaries(fold_dir)
+        log.info(
+            "loso fold %d: session %d held out (%s)", k, k, ", ".join(f"{s} {len(v)}" for s, v in fold.splits().items())
+        )
+        per_seed, reused, resumed, seconds = _train_seeds(
+            data, to_tensors(data), model, recipe, seeds, fold_dir, device, show_progress
+        )
+        summary = {
+            "model": model,
+            "dataset": data.name,
+            "modalities": "".join(mods),
+            "seeds": list(seeds),
+            "fold": k,
+            "held_out_session": k,
+            "dialogues": {split: len(ids) for split, ids in fold.splits().items()},
+            "utterances": {split: sum(len(c) for c in convs) for split, convs in data.splits.items()},
+            **summarise(per_seed, seconds, reused, resumed),
+        }
+        if fold_dir is not None:
+            _write_json(summary, fold_dir / "results.json")
+            write_imbalance_plot(fold_dir, seeds)
+        per_fold.append((fold, per_seed, summary))
+    results = {
+        "model": model,
+        "dataset": raw.name,
+        "modalities": "".join(mods),
+        "seeds": list(seeds),
+        **summarise_loso([(summary, per_seed) for _, per_seed, summary in per_fold], protocol),
+    }
+    if out is not None:
+        _write_json(results, out / "results.json")
+    return results
+
+
+def _pooled(values: Sequence[Mapping[str, Any]], key: str = "per_run") -> dict[str, dict[str, Any]]:
+    """:func:`aggregate_seeds` of the headline metrics, its list of values named ``key``."""
+    return {
+        metric: {"mean": entry["mean"], "std": entry["std"], "n": len(entry["per_seed"]), key: entry["per_seed"]}
+        for metric, entry in aggregate_seeds(values).items()
+    }
+
+
+def summarise_loso(
+    folds: Sequence[tuple[Mapping[str, Any], Sequence[Mapping[str, Any]]]], protocol: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The aggregate part of a LOSO run's ``results.json``.
+
+    Args:
+        folds: Per fold (in fold order) its summary (``fold_<k>/results.json``: ``fold``,
+            ``held_out_session``, ``dialogues``, ``utterances``, ``timing``, ``test`` and
+            ``valid`` over seeds) and its seeds' ``metrics.json`` contents.
+        protocol: The protocol record (:func:`protocol_options`).
+
+    Returns:
+        - ``test`` / ``valid``: per headline metric (weighted F1, accuracy = WA, macro
+          F1, UA) ``mean`` and ``std`` over every (fold, seed) run pooled (sample std,
+          ``ddof=1``, ``n`` = folds x seeds; :data:`LOSO_STD_OVER`), and ``per_run``,
+          the values in the order of ``runs``;
+        - ``runs``: per (fold, seed) its selected epoch and test / valid metrics;
+        - ``fold_means``: per split and metric the mean over folds of each fold's mean
+          over seeds, ``std`` over the folds (``per_fold``);
+        - ``seed_means``: per split and metric each seed's cross-validated score (its
+          mean over the folds), ``mean`` and ``std`` over seeds (``per_seed``), the
+          spread of the whole 5-fold estimate from one training seed to another;
+        - ``folds``: per fold its held-out session, split sizes and mean ± std over seeds;
+        - ``protocol`` and ``timing`` (summed over the folds).
+
+        Every fold has every seed, so the three means are equal; only the stds differ.
+    """
+    runs: list[dict[str, Any]] = []
+    for summary, per_seed in folds:
+        for result in per_seed:
+            runs.append(
+                {
+                    "fold": summary["fold"],
+                    "seed": result["seed"],
+                    "best_epoch": result["best_epoch"],
+                    "epochs_run": result["epochs_run"],
+                    "test": {k: result["test"][k] for k in HEADLINE_METRICS if k in result["test"]},
+                    "valid": {k: result["valid"][k] for k in HEADLINE_METRICS if k in result["valid"]},
+                }
+            )
+    seeds = [int(r["seed"]) for r in folds[0][1]] if folds else []
+    out: dict[str, Any] = {
+        "protocol": {
+            **protocol,
+            "folds": [int(summary["fold"]) for summary, _ in folds],
+            "held_out": "session",
+            "std_over": LOSO_STD_OVER,
+        }
+    }
+    for split in ("test", "valid"):
+        out[split] = _pooled([r[split] for r in runs])
+    out["runs"] = runs
+    out["fold_means"] = {}
+    out["seed_means"] = {}
+    for split in ("test", "valid"):
+        fold_means = [{k: v["mean"] for k, v in summary[split].items()} for summary, _ in folds]
+        out["fold_means"][split] = _pooled(fold_means, "per_fold")
+        seed_means = [
+            {k: statistics.fmean([r[split][k] for r in runs if r["seed"] == seed]) for k in runs[0][split]}
+            for seed in seeds
+        ]
+        out["seed_means"][split] = aggregate_seeds(seed_means)
+    out["folds"] = [
+        {
+            "fold": summary["fold"],
+            "held_out_session": summary["held_out_session"],
+            "dialogues": summary["dialogues"],
+            "utterances": summary["utterances"],
+            "test": summary["test"],
+            "valid": summary["valid"],
+            "per_seed": summary["per_seed"],
+        }
+        for summary, _ in folds
+    ]
+    timings = [summary["timing"] for summary, _ in folds]
+    epoch_secs = [s for _, per_seed in folds for r in per_seed for s in r.get("epoch_seconds", [])]
+
+    def run_names(key: str) -> list[str]:
+        return [f"{FOLD_PREFIX}{s['fold']}/seed_{seed}" for s, _ in folds for seed in s["timing"][key]]
+
+    out["timing"] = {
+        "total_seconds": sum(t["total_seconds"] for t in timings),
+        "this_run_seconds": sum(t["this_run_seconds"] for t in timings),
+        "epoch_seconds_median": statistics.median(epoch_secs) if epoch_secs else None,
+        "reused_runs": run_names("reused_seeds"),
+        "resumed_runs": run_names("resumed_seeds"),
+    }
+    return out
+
+
+def is_loso_run(recipe: Mapping[str, Any]) -> bool:
+    """Whether a run's ``config.yaml`` is that of a ``--protocol loso`` run."""
+    protocol = (recipe.get("data") or {}).get("protocol") if isinstance(recipe.get("data"), Mapping) else None
+    return isinstance(protocol, Mapping) and protocol.get("name") == "loso"
+
+
+def _train_seeds(
+    data: MercDataset,
+    tensors: dict[str, list[ConversationTensors]],
+    model: str,
+    recipe: dict[str, Any],
+    seeds: Sequence[int],
+    out: Path | None,
+    device: str | None,
+    show_progress: bool,
+) -> tuple[list[dict[str, Any]], list[int], list[int], float]:
+    """Every seed of one run folder ``out`` (``seed_<s>/``): ``(per_seed, reused, resumed, seconds)``.
+
+    A finished seed is reused as it is, an unfinished one resumes from its checkpoint.
+    """
     start = time.perf_counter()
     per_seed = []
     reused: list[int] = []
@@ -519,17 +850,7 @@ def _run(
         if result.get("resumed_at_epoch"):
             resumed.append(seed)
         per_seed.append(result)
-    results = {
-        "model": model,
-        "dataset": data.name,
-        "modalities": "".join(mods),
-        "seeds": list(seeds),
-        **summarise(per_seed, time.perf_counter() - start, reused, resumed),
-    }
-    if out is not None:
-        _write_json(results, out / "results.json")
-        write_imbalance_plot(out, seeds)
-    return results
+    return per_seed, reused, resumed, time.perf_counter() - start
 
 
 def write_imbalance_plot(out: Path, seeds: Sequence[int]) -> Path | None:
@@ -598,6 +919,12 @@ def run_info(run: Path, recipe: Mapping[str, Any]) -> dict[str, Any]:
         missing.append("dataset")
     if missing:
         raise ConfigError(f"{where}: its data section lacks {', '.join(missing)}; restore the file or train again")
+    if is_loso_run(recipe):
+        raise ConfigError(
+            f"{run} is a leave-one-session-out run (--protocol loso): its selected weights are per fold "
+            f"({run / FOLD_PREFIX}K/seed_S), and this command works on runs of a dataset's own splits; "
+            "use its results.json (or merc report), or train with --protocol split"
+        )
     seeds = info["seeds"]
     if not isinstance(seeds, list) or not seeds:
         raise ConfigError(f"{where}: data.seeds must be a list of seeds, not {seeds!r}")

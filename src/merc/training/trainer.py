@@ -12,7 +12,8 @@
   checkpoint before the last is kept as ``checkpoint.prev.pt``, the fallback when the last
   one is unreadable.
 - Plug-in hooks (:class:`merc.training.plugins.base.TrainerPlugin`) at fit start, epoch
-  start (curricula choose dialogues), loss reduction (self-paced weights), between
+  start (curricula choose dialogues), loss reduction (self-paced weights), the backward
+  pass itself (one plug-in may compute per-loss gradients instead, e.g. PGM), between
   ``backward()`` and ``optimizer.step()`` (gradient modulation), batch and epoch end.
 """
 
@@ -459,7 +460,17 @@ class Trainer:
         self._attach_plugins()
 
     def _attach_plugins(self) -> None:
-        """Check that each plug-in can work with the model; hook before-fuse plug-ins into it."""
+        """Check that each plug-in can work with the model; hook before-fuse plug-ins into it.
+
+        At most one plug-in may compute the gradients itself (:meth:`TrainerPlugin.backward`).
+        """
+        own_backward = [p for p in self.plugins if type(p).backward is not TrainerPlugin.backward]
+        if len(own_backward) > 1:
+            raise ConfigError(
+                f"plug-ins {', '.join(p.name for p in own_backward)} each compute the gradients themselves; use one"
+            )
+        #: The plug-in that replaces ``loss.backward()`` (``None``: the trainer's own).
+        self._backward_plugin: TrainerPlugin | None = own_backward[0] if own_backward else None
         for plugin in self.plugins:
             if plugin.needs_per_modality:
                 self.model.require_per_modality(f"per-modality parts, which the {plugin.name} plug-in needs")
@@ -705,7 +716,8 @@ class Trainer:
                     f"loss became {loss.item()} at epoch {self.epoch} ({bad}); lower training.lr or check the data"
                 )
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if self._backward_plugin is None or not self._backward_plugin.backward(self, batch, output, terms):
+                loss.backward()
             for plugin in self.plugins:
                 plugin.after_backward(self, batch, output)
             if self.config.clip_grad_norm > 0:

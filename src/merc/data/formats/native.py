@@ -10,6 +10,11 @@ A native dataset is a folder::
                                  utterance_ids, meta
       features/<m>.safetensors   per attached modality m: one float32 [n_utt, d_m]
                                  tensor per conversation, keyed by conversation id
+      sequences/<m>.safetensors  optional, per modality m with token/frame-level
+                                 sequences: per conversation ``<id>/frames``, float32
+                                 [sum_i L_i, d'_m] (its utterances' frames one after
+                                 another) and ``<id>/offsets``, int64 [n_utt + 1]
+                                 (utterance i is frames[offsets[i]:offsets[i+1]])
       <media files>              optional: audio / video the conversations point to
 
 A conversation may point to media instead of (or beside) feature arrays, for
@@ -35,17 +40,24 @@ file) before it decodes anything. :func:`write_native` does not store media keys
 Everything but the features is plain JSON, readable and writable without merc; the
 features use safetensors, which (unlike a pickle) cannot run code on load.
 
+Token/frame-level sequences (``Conversation.sequences``, e.g. MiniLM token states or
+eGeMAPS low-level descriptor frames from ``merc extract --level sequence``) are an
+optional addition to version 1: ``metadata.json`` then has ``sequence_dims`` (``{m:
+d'_m}``, and ``meta.sequence_specs.<m>`` says how they were made) and
+``sequences/<m>.safetensors`` holds them. Folders without them, and readers that do not
+know them, are unaffected (no new required key, so the version stays 1). A
+conversation without sequences of a stored modality is written with zero-length
+utterances.
+
 Limits of format version 1:
 
-- Token/frame-level ``Conversation.sequences`` are not stored (a warning is logged when a
-  dataset has some); re-extract them after loading.
-- Features are stored as float32 (what every merc reader produces); other float dtypes are
+- Features and sequences are stored as float32 (what every merc reader produces); other float dtypes are
   converted on write.
 - ``meta`` dicts must be JSON-serialisable; JSON turns tuples into lists and dict keys
   into strings.
 
 Within those limits a write/read round trip is identical: ids, order, splits, labels,
-speakers, texts, utterance ids, meta and bit-exact features.
+speakers, texts, utterance ids, meta and bit-exact features and sequences.
 """
 
 from __future__ import annotations
@@ -57,7 +69,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,6 +87,7 @@ FORMAT_VERSION: int = 1
 METADATA_FILE = "metadata.json"
 CONVERSATIONS_FILE = "conversations.jsonl"
 FEATURES_DIR = "features"
+SEQUENCES_DIR = "sequences"
 _RECORD_KEYS: tuple[str, ...] = ("id", "split", "speakers", "labels", "texts", "utterance_ids", "meta")
 #: Optional keys of a conversations.jsonl record that point to media (module docstring).
 MEDIA_KEYS: tuple[str, ...] = ("audio", "video", "start", "end")
@@ -127,8 +140,7 @@ def write_native(dataset: MercDataset, folder: str | Path, overwrite: bool = Fal
                 f"dataset {dataset.name!r}: dialogue id {conv.id!r} repeats; ids must be unique to be stored"
             )
         seen.add(conv.id)
-    if any(conv.sequences for conv in dataset.conversations()):
-        logger.warning("native format v%d does not store token-level sequences; they are dropped", FORMAT_VERSION)
+    seq_dims = _dataset_sequence_dims(dataset)
 
     lines: list[str] = []
     for split, convs in dataset.splits.items():
@@ -153,6 +165,8 @@ def write_native(dataset: MercDataset, folder: str | Path, overwrite: bool = Fal
         "speaker_vocab": list(dataset.speaker_vocab),
         "meta": dataset.meta,
     }
+    if seq_dims:
+        metadata["sequence_dims"] = seq_dims
     metadata_text = _json_text(metadata, f"dataset {dataset.name!r} metadata", indent=2)
 
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -171,6 +185,14 @@ def write_native(dataset: MercDataset, folder: str | Path, overwrite: bool = Fal
             save_file(
                 tensors, tmp / FEATURES_DIR / f"{m}.safetensors", metadata={"format": "merc-native", "modality": m}
             )
+        if seq_dims:
+            (tmp / SEQUENCES_DIR).mkdir()
+        for m, dim in seq_dims.items():
+            ragged = {
+                conv.id: conv.sequences.get(m) or [np.zeros((0, dim), np.float32)] * len(conv)
+                for conv in dataset.conversations()
+            }
+            _save_sequences(tmp / SEQUENCES_DIR / f"{m}.safetensors", m, ragged, dim)
         # metadata.json last: its presence marks a complete dataset folder.
         (tmp / METADATA_FILE).write_text(metadata_text + "\n", encoding="utf-8")
         _swap_into_place(tmp, folder)
@@ -179,6 +201,37 @@ def write_native(dataset: MercDataset, folder: str | Path, overwrite: bool = Fal
         raise
     logger.info("wrote %s (%d dialogues)", folder, len(seen))
     return folder
+
+
+def _dataset_sequence_dims(dataset: MercDataset) -> dict[str, int]:
+    """``{m: d'}`` of the sequences any conversation of ``dataset`` carries, checked for shape."""
+    dims: dict[str, int] = {}
+    for conv in dataset.conversations():
+        for m, rows in conv.sequences.items():
+            where = f"dataset {dataset.name!r}, dialogue {conv.id!r}: {m!r} sequences"
+            if m not in MODALITIES:
+                raise DataError(f"{where}: unknown modality; use t, a or v")
+            if len(rows) != len(conv):
+                raise DataError(f"{where}: {len(rows)} for {len(conv)} utterances")
+            for row in rows:
+                if np.ndim(row) != 2:
+                    raise DataError(f"{where}: an utterance's frames have shape {np.shape(row)}, expected [L, d]")
+                d = int(np.shape(row)[1])
+                if dims.setdefault(m, d) != d:
+                    raise DataError(f"{where}: frames of dim {d}, elsewhere {dims[m]}")
+    return {m: dims[m] for m in MODALITIES if m in dims}
+
+
+def _save_sequences(path: Path, modality: str, sequences: Mapping[str, Sequence[np.ndarray]], dim: int) -> None:
+    """Write ``{conversation id: per-utterance frames}`` as ``<id>/frames`` + ``<id>/offsets`` tensors."""
+    tensors: dict[str, np.ndarray] = {}
+    for cid, rows in sequences.items():
+        mats = [np.asarray(r, dtype=np.float32).reshape(-1, dim) for r in rows]
+        tensors[f"{cid}/frames"] = (
+            np.ascontiguousarray(np.concatenate(mats)) if mats else np.zeros((0, dim), np.float32)
+        )
+        tensors[f"{cid}/offsets"] = np.concatenate([[0], np.cumsum([len(x) for x in mats])]).astype(np.int64)
+    save_file(tensors, path, metadata={"format": "merc-native", "modality": modality, "kind": "sequences"})
 
 
 def _umask() -> int:
@@ -243,6 +296,71 @@ def add_features(
         extra = dict(meta.get("meta") or {})
         extra["extraction"] = {**(extra.get("extraction") or {}), modality: dict(report)}
         meta["meta"] = extra
+    _write_metadata(folder, meta)
+    return path
+
+
+def add_sequences(
+    folder: str | Path,
+    modality: str,
+    sequences: Mapping[str, Sequence[np.ndarray]],
+    spec: Mapping[str, Any] | None = None,
+    report: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``sequences/<modality>.safetensors`` into a native dataset folder and declare it.
+
+    The token/frame-level counterpart of :func:`add_features`: ``metadata.json`` then
+    has ``sequence_dims[modality]`` (and ``spec`` in ``meta.sequence_specs``, ``report``
+    in ``meta.extraction.<modality>_sequences``); written first to a temporary file and
+    renamed, then ``metadata.json`` is replaced, so an interrupted call leaves a
+    readable folder.
+
+    Args:
+        folder: A native dataset folder.
+        modality: ``t``, ``a`` or ``v``.
+        sequences: ``{conversation id: [float32 [L_i, d] per utterance]}`` for every
+            conversation (``L_i`` may be 0).
+        spec: How the sequences were made.
+        report: What the extraction found.
+
+    Returns:
+        The sequences file written.
+    """
+    folder = Path(folder)
+    meta = _read_metadata(folder)
+    dims = {int(np.shape(r)[-1]) for rows in sequences.values() for r in rows}
+    if len(dims) != 1:
+        raise DataError(f"{folder}: {modality} sequences of dims {sorted(dims)}; expected one dim")
+    dim = dims.pop()
+    path = folder / SEQUENCES_DIR / f"{modality}.safetensors"
+    path.parent.mkdir(exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        _save_sequences(Path(tmp_name), modality, sequences, dim)
+        os.chmod(tmp_name, 0o666 & ~_umask())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    meta["sequence_dims"] = {
+        m: d
+        for m, d in sorted(
+            {**(meta.get("sequence_dims") or {}), modality: dim}.items(), key=lambda x: MODALITIES.index(x[0])
+        )
+    }
+    extra = dict(meta.get("meta") or {})
+    if spec is not None:
+        extra["sequence_specs"] = {**(extra.get("sequence_specs") or {}), modality: dict(spec)}
+    if report is not None:
+        extra["extraction"] = {**(extra.get("extraction") or {}), f"{modality}_sequences": dict(report)}
+    meta["meta"] = extra
+    _write_metadata(folder, meta)
+    return path
+
+
+def _write_metadata(folder: Path, meta: Mapping[str, Any]) -> None:
+    """Replace ``metadata.json`` atomically (write-then-rename)."""
     text = _json_text(meta, f"{folder / METADATA_FILE}", indent=2) + "\n"
     fd, tmp_name = tempfile.mkstemp(prefix=f".{METADATA_FILE}.", suffix=".tmp", dir=folder)
     try:
@@ -253,7 +371,6 @@ def add_features(
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-    return path
 
 
 def _check_destination(folder: Path, overwrite: bool) -> None:
@@ -321,6 +438,14 @@ def _read_metadata(folder: Path) -> dict[str, Any]:
     for m, dim in meta["dims"].items():
         if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= 2**20:
             raise DataError(f"{path}: dims[{m!r}] = {dim!r}; a feature dim is an integer in [1, 2**20]")
+    seq_dims = meta.get("sequence_dims", {})
+    if not isinstance(seq_dims, dict):
+        raise DataError(f"{path}: 'sequence_dims' must be an object mapping modality to frame dim")
+    for m, dim in seq_dims.items():
+        if m not in MODALITIES:
+            raise DataError(f"{path}: sequence_dims names modality {m!r}; use t, a or v")
+        if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= 2**20:
+            raise DataError(f"{path}: sequence_dims[{m!r}] = {dim!r}; a frame dim is an integer in [1, 2**20]")
     for key in ("label_names", "speaker_vocab", "modalities"):
         if not isinstance(meta[key], list) or not all(isinstance(x, str) for x in meta[key]):
             raise DataError(f"{path}: {key!r} must be a list of strings")
@@ -568,11 +693,9 @@ def _mark_unextracted(
                 conv.availability[empty, col] = False
 
 
-def _read_features(path: Path, m: str, dim: int, convs: Mapping[str, Conversation]) -> None:
-    if not path.is_file():
-        raise DataError(f"{path}: missing; metadata.json lists modality {m!r}, so its features file is required")
+def _load_tensors(path: Path) -> dict[str, np.ndarray]:
     try:
-        tensors = load_file(path)
+        return load_file(path)
     except (KeyboardInterrupt, SystemExit):
         raise
     except (SafetensorError, OSError, ValueError) as exc:
@@ -581,6 +704,12 @@ def _read_features(path: Path, m: str, dim: int, convs: Mapping[str, Conversatio
         raise DataError(
             f"{path}: not a readable safetensors file ({type(exc).__name__}); it may be truncated or corrupt"
         ) from None
+
+
+def _read_features(path: Path, m: str, dim: int, convs: Mapping[str, Conversation]) -> None:
+    if not path.is_file():
+        raise DataError(f"{path}: missing; metadata.json lists modality {m!r}, so its features file is required")
+    tensors = _load_tensors(path)
     unknown = sorted(set(tensors) - set(convs))
     if unknown:
         raise DataError(f"{path}: features for unknown conversation {unknown[0]!r} (not in {CONVERSATIONS_FILE})")
@@ -601,7 +730,45 @@ def _read_features(path: Path, m: str, dim: int, convs: Mapping[str, Conversatio
         conv.features[m] = np.array(arr, dtype=np.float32, copy=True)
 
 
-def read_native(folder: str | Path, require_all_splits: bool = True, read_features: bool = True) -> MercDataset:
+def _read_sequences(path: Path, m: str, dim: int, convs: Mapping[str, Conversation]) -> None:
+    """Attach ``sequences/<m>.safetensors`` to ``convs`` as per-utterance float32 ``[L_i, dim]`` arrays."""
+    if not path.is_file():
+        raise DataError(f"{path}: missing; metadata.json lists sequence_dims[{m!r}], so its sequences file is required")
+    tensors = _load_tensors(path)
+    for cid, conv in convs.items():
+        frames, offsets = tensors.get(f"{cid}/frames"), tensors.get(f"{cid}/offsets")
+        if frames is None or offsets is None:
+            raise DataError(f"{path}: no sequences for conversation {cid!r}")
+        if frames.dtype.kind != "f" or frames.ndim != 2 or frames.shape[1] != dim:
+            raise DataError(
+                f"{path}: frames of {cid!r} have shape {tuple(frames.shape)} ({frames.dtype}), but metadata.json "
+                f"says float frames of dim {dim}"
+            )
+        if (
+            offsets.dtype.kind not in "iu"
+            or offsets.shape != (len(conv) + 1,)
+            or offsets[0] != 0
+            or offsets[-1] != frames.shape[0]
+            or (np.diff(offsets) < 0).any()
+        ):
+            raise DataError(
+                f"{path}: offsets of {cid!r} are not 0 <= ... <= {frames.shape[0]} rising, one per utterance plus one "
+                f"({len(conv) + 1})"
+            )
+        # Private float32 copies, one per utterance (callers may change them in place).
+        block = np.array(frames, dtype=np.float32, copy=True)
+        conv.sequences[m] = np.split(block, offsets[1:-1])
+    unknown = sorted({k.rsplit("/", 1)[0] for k in tensors} - set(convs))
+    if unknown:
+        raise DataError(f"{path}: sequences for unknown conversation {unknown[0]!r} (not in {CONVERSATIONS_FILE})")
+
+
+def read_native(
+    folder: str | Path,
+    require_all_splits: bool = True,
+    read_features: bool = True,
+    read_sequences: bool | Iterable[str] = True,
+) -> MercDataset:
     """Read a dataset written by :func:`write_native` (or by hand in that layout).
 
     Args:
@@ -610,6 +777,10 @@ def read_native(folder: str | Path, require_all_splits: bool = True, read_featur
             (training needs all three). ``False`` for conversations to predict.
         read_features: Read ``features/``. ``False``: the conversations alone, no
             modality attached (what ``merc extract`` needs to compute features).
+        read_sequences: Which stored token/frame-level sequences to attach: ``True``
+            (default) every one ``metadata.json`` lists in ``sequence_dims``, ``False``
+            none, or modality letters (e.g. ``"ta"``; each must be stored). Only with
+            ``read_features``.
 
     Returns:
         The validated :class:`MercDataset`.
@@ -680,6 +851,23 @@ def read_native(folder: str | Path, require_all_splits: bool = True, read_featur
             )
         _read_features(path, m, meta["dims"][m], by_id)
     _mark_unextracted(modalities, (meta.get("meta") or {}).get("extraction") or {}, by_id.values())
+    stored = meta.get("sequence_dims") or {}
+    if not read_features or read_sequences is False:
+        wanted: tuple[str, ...] = ()
+    elif read_sequences is True:
+        wanted = tuple(m for m in MODALITIES if m in stored)
+    else:
+        letters = list(read_sequences)
+        wanted = parse_modalities(letters) if letters else ()
+        absent = [m for m in wanted if m not in stored]
+        if absent:
+            have = "".join(stored) or "none"
+            raise DataError(
+                f"{folder}: no stored {absent[0]!r} sequences (it has: {have}); compute them with "
+                f"`merc extract --dataset {folder} --modalities {absent[0]} --level sequence`"
+            )
+    for m in wanted:
+        _read_sequences(folder / SEQUENCES_DIR / f"{m}.safetensors", m, int(stored[m]), by_id)
 
     dataset = MercDataset(
         name=str(meta["name"]),

@@ -29,7 +29,8 @@ class TrainerPlugin:
 
     Hooks in call order: :meth:`on_fit_start`; per epoch :meth:`select_training_dialogues`,
     :meth:`on_epoch_start`; per batch :meth:`before_fuse` (inside the model's forward),
-    :meth:`utterance_weights`, :meth:`loss_terms`, :meth:`after_backward` (gradients
+    :meth:`utterance_weights`, :meth:`loss_terms`, :meth:`backward` (a plug-in may compute
+    the gradients itself), :meth:`after_backward` (gradients
     exist, the optimiser has not stepped), :meth:`on_batch_end`; then
     :meth:`on_epoch_end` and :meth:`epoch_metrics`. :meth:`state_dict` / :meth:`load_state_dict` let a resumed
     run continue the plug-in where it stopped.
@@ -72,6 +73,17 @@ class TrainerPlugin:
     def loss_terms(self, trainer: Trainer, batch: Batch, output: ModelOutput) -> dict[str, Tensor]:
         """Named scalar losses to add (weighted already); names must differ from the model's."""
         return {}
+
+    def backward(self, trainer: Trainer, batch: Batch, output: ModelOutput, terms: dict[str, Tensor]) -> bool:
+        """Compute the gradients of the batch's loss ``terms`` in place of the trainer's ``loss.backward()``.
+
+        For plug-ins that need each term's gradient on its own (the Pareto gradient
+        modulator, ``pgm``): fill ``.grad`` of the model's parameters and return ``True``;
+        ``False`` leaves it to the trainer (the sum of ``terms``, backward once). Called
+        after ``optimizer.zero_grad()``, before :meth:`after_backward`; at most one
+        plug-in of a run may override it.
+        """
+        return False
 
     def after_backward(self, trainer: Trainer, batch: Batch, output: ModelOutput) -> None:
         """Between ``loss.backward()`` and ``optimizer.step()``: gradient modulation acts here."""

@@ -114,7 +114,7 @@ def unregister_plugin(section: str) -> None:
 
 def _import_builtin_plugins() -> None:
     # Importing the modules runs their @register_plugin decorators.
-    from merc.training.plugins import curriculum, modality_balance, spcl  # noqa: F401
+    from merc.training.plugins import curriculum, modality_balance, pgm, spcl  # noqa: F401
 
 
 def plugin_specs() -> list[PluginSpec]:
