@@ -71,9 +71,16 @@ def test_speaker_and_position_are_added_to_every_modality() -> None:
     codes = {m: torch.zeros(batch.num_utterances, 8) for m in "tav"}
     h = model.augment(batch, codes)
     assert model.speaker_embedding is not None
-    expected = model.speaker_embedding(batch.flatten(batch.parties)) + sinusoidal_positions(batch.utterance_position, 8)
+    speakers = model.speaker_embedding(batch.flatten(batch.parties))
+    expected = speakers + 0.1 * sinusoidal_positions(batch.utterance_position, 8)  # position_scale 0.1
     for m in "tav":
         torch.testing.assert_close(h[m], expected)
+    as_printed = _cmath(position_scale=1.0).eval()
+    as_printed.load_state_dict(model.state_dict())
+    full = speakers + sinusoidal_positions(batch.utterance_position, 8)
+    torch.testing.assert_close(as_printed.augment(batch, codes)["t"], full)
+    with pytest.raises(ConfigError, match="position_scale"):
+        _cmath(position_scale=-1.0)
     # The second dialogue's utterances are at positions 0..6 of that dialogue.
     assert batch.utterance_position[1:8].tolist() == list(range(7))
     # V_s starts at the scale of the codes (N(0, 0.02^2)), not PyTorch's N(0, 1).
