@@ -13,7 +13,8 @@ from merc.config import load_recipe
 from merc.data.batching import collate, to_tensors
 from merc.errors import ConfigError
 from merc.models import build_model
-from merc.models.biddin import BiDDIN, BiDDINNetwork, gru_update, reversal_index, sinusoidal_encoding
+from merc.models.biddin import BiDDIN, BiDDINNetwork, gru_update, reversal_index
+from merc.models.layers.positional import sinusoidal_positions
 from merc.models.registry import check_model_arguments
 from merc.training.trainer import TrainConfig
 
@@ -37,7 +38,7 @@ def network_reference(net: BiDDINNetwork, batch, utterances, memories) -> torch.
         states = {}
         for r in net.readings:
             order = list(range(n)) if r == "forward" else list(range(n - 1, -1, -1))
-            pe = sinusoidal_encoding(n, net.memory_size, batch.mask.device)
+            pe = sinusoidal_positions(torch.arange(n), net.memory_size)
             keys = {k: torch.stack([memories[(r, k)][b, i] for i in order]) + pe for k in net.modalities}
             for m in net.modalities:
                 party_state: dict[int, torch.Tensor] = {}

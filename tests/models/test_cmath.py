@@ -21,9 +21,9 @@ from merc.models.cmath import (
     PostNormAttentionLayer,
     SourceGate,
     VariationalFusion,
-    sinusoidal_positions,
 )
 from merc.models.layers.encoders import UtteranceEncoder
+from merc.models.layers.positional import sinusoidal_positions
 from merc.models.registry import check_model_arguments
 from merc.training.trainer import TrainConfig
 

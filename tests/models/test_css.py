@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from helpers import DIMS, make_batch
 from merc.errors import ConfigError
 from merc.models import build_model
-from merc.models.css import CSS, SynergisticPolynomialFusion, signed_square_root, sinusoidal_encoding
+from merc.models.css import CSS, SynergisticPolynomialFusion, signed_square_root
+from merc.models.layers.positional import sinusoidal_positions
 
 SMALL = {"hidden_size": 16, "num_heads": 2, "ffn_size": 16, "rank": 4, "dropout": 0.0}
 
@@ -209,7 +210,7 @@ def test_stage_two_mixes_the_other_modalities_only_when_on() -> None:
 
 
 def test_positional_encoding_is_the_sinusoid() -> None:
-    pe = sinusoidal_encoding(torch.tensor([3]), 6)[0]
+    pe = sinusoidal_positions(torch.tensor([3]), 6)[0]
     expected = [f(3 / 10000 ** (2 * k / 6)) for k in range(3) for f in (math.sin, math.cos)]
     torch.testing.assert_close(pe, torch.tensor(expected))
 

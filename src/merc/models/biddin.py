@@ -90,6 +90,7 @@ from merc.errors import ConfigError, resolve_choice
 from merc.models.base import MercModel
 from merc.models.layers.dropout import dropout as fast_dropout
 from merc.models.layers.encoders import EncoderSpec, ModalityEncoder, build_encoder, encoder_kinds
+from merc.models.layers.positional import sinusoidal_positions
 from merc.models.layers.precision import cpu_autocast_active
 from merc.models.output import ModelOutput
 from merc.models.registry import register_model
@@ -116,14 +117,6 @@ def gru_update(gi: Tensor, gh: Tensor, h: Tensor) -> Tensor:
     z = torch.sigmoid(i_z + h_z)
     n = torch.tanh(i_n + r * h_n)
     return n + z * (h - n)
-
-
-def sinusoidal_encoding(length: int, dim: int, device: torch.device) -> Tensor:
-    """DialogueRNN's / BiDDIN's positional encoding ``[length, dim]``: sin on even, cos on odd features."""
-    pos = torch.arange(length, device=device, dtype=torch.float32)[:, None]
-    k = torch.arange(dim, device=device)
-    angle = pos / torch.pow(10000.0, (2 * (k // 2)).float() / dim)[None, :]
-    return torch.where(k % 2 == 0, torch.sin(angle), torch.cos(angle))
 
 
 def reversal_index(mask: Tensor) -> Tensor:
@@ -260,7 +253,11 @@ class BiDDINNetwork(nn.Module):
         pos = torch.arange(t, device=mask.device)
         allowed = (pos[None, :] < pos[:, None])[None] & mask[:, None, :]  # [B, t, j]: j < t, both real
         has_history = allowed.any(-1, keepdim=True)
-        pe = sinusoidal_encoding(t, self.memory_size, mask.device) if self.positional_encoding else None
+        pe = (
+            sinusoidal_positions(torch.arange(t, device=mask.device), self.memory_size)
+            if self.positional_encoding
+            else None
+        )
 
         inputs: list[Tensor] = []
         for reading in self.readings:

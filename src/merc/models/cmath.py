@@ -148,24 +148,9 @@ from merc.errors import ConfigError
 from merc.models.base import MercModel
 from merc.models.layers.attention import block_attention
 from merc.models.layers.encoders import build_encoder
+from merc.models.layers.positional import sinusoidal_positions
 from merc.models.output import ModelOutput
 from merc.models.registry import register_model
-
-
-def sinusoidal_positions(positions: Tensor, size: int) -> Tensor:
-    """Eq. 6-7: ``P[i, 2k] = sin(i / 10000^(2k/d))``, ``P[i, 2k+1] = cos(i / 10000^(2k/d))``.
-
-    Shapes:
-        - positions ``long [N]`` -> ``[N, size]``
-
-    >>> sinusoidal_positions(torch.tensor([0, 1]), 4)
-    tensor([[0.0000, 1.0000, 0.0000, 1.0000],
-            [0.8415, 0.5403, 0.0100, 0.9999]])
-    """
-    pairs = torch.arange(0, size, 2, dtype=torch.float32, device=positions.device)
-    angle = positions.to(torch.float32)[:, None] / torch.pow(10000.0, pairs / size)[None, :]
-    encoding = torch.stack([angle.sin(), angle.cos()], dim=-1).flatten(1)  # interleaved sin, cos
-    return encoding[:, :size]
 
 
 class ConvReconstructionEncoder(nn.Module):
@@ -630,5 +615,4 @@ __all__ = [
     "PostNormAttentionLayer",
     "SourceGate",
     "VariationalFusion",
-    "sinusoidal_positions",
 ]

@@ -106,7 +106,6 @@ them. ``L2`` and ``L3`` use the heads on the fused (hooked) representations.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
@@ -118,29 +117,13 @@ from merc.data.batching import IGNORE_INDEX, Batch
 from merc.errors import ConfigError
 from merc.models.base import MercModel
 from merc.models.layers.attention import block_attention
+from merc.models.layers.positional import sinusoidal_positions
 from merc.models.layers.transformer import PackedTransformerEncoderLayer
 from merc.models.output import ModelOutput
 from merc.models.registry import register_model
 
 #: Added under the signed square root (the authors' code).
 SQRT_EPS = 1e-6
-
-
-def sinusoidal_encoding(positions: Tensor, dim: int) -> Tensor:
-    """Transformer sinusoidal encodings of integer positions (Vaswani et al., 2017).
-
-    ``pe[i, 2k] = sin(pos_i / 10000^(2k/dim))``, ``pe[i, 2k+1] = cos(...)``.
-
-    Shapes:
-        - positions ``long [N]`` -> ``[N, dim]``
-
-    >>> sinusoidal_encoding(torch.tensor([0, 1]), 4)[0].tolist()
-    [0.0, 1.0, 0.0, 1.0]
-    """
-    half = (dim + 1) // 2
-    freq = torch.exp(torch.arange(half, device=positions.device, dtype=torch.float32) * (-2.0 * math.log(1e4) / dim))
-    angle = positions.float()[:, None] * freq[None, :]
-    return torch.stack([angle.sin(), angle.cos()], dim=-1).flatten(1)[:, :dim]
 
 
 def signed_square_root(z: Tensor, eps: float = SQRT_EPS) -> Tensor:
@@ -494,7 +477,7 @@ class CSS(MercModel):
         if self.speaker_embedding is not None:
             parts.append(self.speaker_embeddings(batch, self.speaker_embedding, self.speaker_ids))
         if self.use_positional_encoding:
-            parts.append(sinusoidal_encoding(batch.utterance_position, self.hidden_size))
+            parts.append(sinusoidal_positions(batch.utterance_position, self.hidden_size))
         if not parts:
             return None
         return torch.stack(parts).sum(0)
@@ -586,5 +569,4 @@ __all__ = [
     "ModalityAwareEncoder",
     "SynergisticPolynomialFusion",
     "signed_square_root",
-    "sinusoidal_encoding",
 ]
