@@ -1006,8 +1006,9 @@ REFERENCES: dict[str, type[Reference]] = {
 # --------------------------------------------------------------------------- measurements
 
 
-def merc_recipe(name: str, epochs: int) -> dict[str, Any]:
-    return resolve_recipe(name, "iemocap6", [f"training.epochs={epochs}"])
+def merc_recipe(name: str, epochs: int, overrides: list[str] | None = None) -> dict[str, Any]:
+    """merc's recipe for ``name`` on iemocap6 at ``epochs``, plus ``section.key=value`` overrides."""
+    return resolve_recipe(name, "iemocap6", [f"training.epochs={epochs}", *(overrides or [])])
 
 
 def build_merc(
@@ -1234,6 +1235,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=0, help="parity epochs for both (0: each reference's own count)")
     parser.add_argument("--parity-threads", type=int, default=1)
     parser.add_argument("--max-dialogues", type=int, default=0, help="dialogues per split, for smoke tests (0: all)")
+    parser.add_argument(
+        "--merc-override",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="recipe override for merc's side only, e.g. training.precision=bf16-mixed (repeatable; recorded)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--table", action="store_true", help="print the markdown table of --out and exit")
     args = parser.parse_args()
@@ -1260,7 +1268,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_baselines_") as tmp:
         for name in models:
             epochs = args.epochs or REFERENCES[name].epochs
-            recipe = merc_recipe(name, epochs)
+            recipe = merc_recipe(name, epochs, args.merc_override)
             data = prepare_dataset("iemocap6", "t", recipe, show_progress=False)
             if args.max_dialogues:
                 data = subset(data, args.max_dialogues)
@@ -1278,6 +1286,7 @@ def main() -> None:
                 rows = []
                 for threads in threads_list:
                     row = time_epochs(name, data, tensors, recipe, threads, args.repeats, reference)
+                    row["merc_overrides"] = list(args.merc_override)
                     rows.append(row)
                     line = f"{name} threads={threads}: merc {row['merc_median_s']:.3f} s/epoch"
                     if "reference_median_s" in row:
@@ -1286,6 +1295,7 @@ def main() -> None:
                 section["timing"] = rows
             if seeds:
                 section["parity"] = parity(name, data, tensors, recipe, seeds, args.parity_threads, reference, epochs)
+                section["parity"]["merc_overrides"] = list(args.merc_override)
                 p = section["parity"]
                 line = (
                     f"{name}: merc {p['merc_test_weighted_f1']['mean']:.2f} ± {p['merc_test_weighted_f1']['std']:.2f}"

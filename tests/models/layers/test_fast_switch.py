@@ -434,6 +434,26 @@ def test_contextual_rnn_autocast_paths_agree_within_bfloat16_rounding() -> None:
     torch.testing.assert_close(outs[True], want, rtol=5e-2, atol=5e-2)
 
 
+def test_contextual_rnn_trains_in_float32_under_autocast() -> None:
+    # With gradients on, the fast path runs the recurrence as a float32 island: the
+    # output and the weight gradients are the float32 model's exactly.
+    torch.manual_seed(0)
+    rnn = ContextualRNN(8, 6, cell="gru", num_layers=2)
+    batch, _ = make_batch(LENGTHS, "t")
+    x = torch.randn(batch.num_utterances, 8)
+    want = rnn.forward_flat(x, batch)
+    (want_grad,) = torch.autograd.grad(want.square().sum(), rnn.rnn.weight_hh_l0)
+    with use_fast_kernels(True), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = rnn.forward_flat(x.to(torch.bfloat16), batch)
+    assert got.dtype == torch.float32
+    (got_grad,) = torch.autograd.grad(got.square().sum(), rnn.rnn.weight_hh_l0)
+    torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)  # the input was rounded to bfloat16
+    torch.testing.assert_close(got_grad, want_grad, rtol=5e-2, atol=5e-2)
+    with use_fast_kernels(True), torch.autocast("cpu", dtype=torch.bfloat16):
+        exact = rnn.forward_flat(x, batch)
+    torch.testing.assert_close(exact, want, rtol=0, atol=0)
+
+
 # --- end to end ------------------------------------------------------------------------
 
 

@@ -34,8 +34,9 @@ class ContextualRNN(nn.Module):
     one scatter, instead of padding to ``[B, T, d]``, packing, padding the output again
     and flattening it (the plain path, :meth:`forward` between ``unflatten`` and
     ``flatten``): the padded copies cost bc-LSTM's inference a quarter of its time. Under
-    CPU bfloat16 autocast the fast path also casts the recurrent weights once per call;
-    PyTorch's CPU recurrence, under autocast, casts them again at every time step.
+    CPU bfloat16 autocast the fast path also casts the recurrent weights once per call at
+    inference (PyTorch's CPU recurrence, under autocast, casts them again at every time
+    step) and keeps training's recurrence in float32, where it is faster on CPU.
 
     Args:
         input_size: Utterance feature dim ``d``.
@@ -95,7 +96,17 @@ class ContextualRNN(nn.Module):
     def _run(self, packed: PackedSequence) -> tuple[PackedSequence, Any]:
         if not cpu_autocast_active(packed.data) or not fast_kernels_enabled():
             return self.rnn(packed)
-        # One bfloat16 copy of each weight for the whole call (and one gradient cast back).
+        if torch.is_grad_enabled():
+            # Training: a float32 island. PyTorch's CPU recurrence is autograd over one small
+            # product per time step; in bfloat16 those steps and their backward are slower
+            # than in float32 (MM-DFN's bf16-mixed epoch on iemocap6: 2.71 s with a bfloat16
+            # recurrence, 2.24 s with this island; bench/bench_baselines.py).
+            with torch.autocast("cpu", enabled=False):
+                data = packed.data.float()
+                return self.rnn(
+                    PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
+                )
+        # Inference: one bfloat16 copy of each weight for the whole call.
         dtype = torch.get_autocast_dtype("cpu")
         weights = {name: p.to(dtype) for name, p in self.rnn.named_parameters()}
         with torch.autocast("cpu", enabled=False):
