@@ -129,6 +129,9 @@ Shims and patches (in the temporary folder / process only):
 Timing (``--repeats K``): per model and ``--threads`` value, one training epoch of the
 reference and one of merc alternated, after one untimed warm-up epoch each; median
 seconds per epoch of both and the ratio reference / merc (``speedup``).
+``--merc-override section.key=value`` changes merc's recipe only (e.g.
+``training.precision=bf16-mixed``); each timing row and parity section records the
+overrides it ran with.
 
 Parity (``--seeds 0,1,2``): per seed both train to completion (``--epochs`` overrides
 each reference's epoch count and merc's, for both); merc selects on validation
@@ -147,6 +150,10 @@ Run::
         --reference-mmdfn /tmp/ref_mmdfn --reference-cogmen /tmp/ref_cogmen --repeats 5 --threads 1
     OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python bench/bench_baselines.py --models cogmen \\
         --reference-cogmen /tmp/ref_cogmen --repeats 0 --seeds 0,1,2
+    # COGMEN and MM-DFN as the README times them (bf16 autocast on merc's side only)
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_baselines.py --models mmdfn,cogmen \\
+        --reference-mmdfn /tmp/ref_mmdfn --reference-cogmen /tmp/ref_cogmen --repeats 5 --threads 1,2 \\
+        --merc-override training.precision=bf16-mixed
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_baselines.py --models dagerc \\
         --reference-dagerc /tmp/ref_dagerc --repeats 5 --seeds 0,1,2
     # smoke test: 1 epoch on a few dialogues
@@ -1203,8 +1210,8 @@ def markdown_table(results: dict[str, Any]) -> str:
     """The README's table of a results file: parity (test w-F1, 3 seeds) and speed per model."""
     lines = [
         "| model | epochs | authors' code, max-test epoch | authors' code, best-valid epoch | merc, best-valid epoch "
-        "| s/epoch authors' / merc, 1 thread | speed-up 1 thread | speed-up 2 threads |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| s/epoch authors' / merc, 1 thread | speed-up 1 thread | speed-up 2 threads | merc timed with |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name in MODELS:
         section = results.get(name)
@@ -1215,10 +1222,12 @@ def markdown_table(results: dict[str, Any]) -> str:
         one = timing.get(1, {})
         seconds = f"{one['reference_median_s']:.2f} / {one['merc_median_s']:.2f}" if "reference_median_s" in one else ""
         ratios = [f"{timing[t]['speedup']:.2f}x" if "speedup" in timing.get(t, {}) else "" for t in (1, 2)]
+        overrides = sorted({o for row in timing.values() for o in row.get("merc_overrides", [])})
         lines.append(
             f"| {name} | {parity.get('epochs', '')} | {_mean_std(parity.get('reference_test_at_max_test'))} "
             f"| {_mean_std(parity.get('reference_test_at_best_valid'))} "
-            f"| {_mean_std(parity.get('merc_test_weighted_f1'))} | {seconds} | {ratios[0]} | {ratios[1]} |"
+            f"| {_mean_std(parity.get('merc_test_weighted_f1'))} | {seconds} | {ratios[0]} | {ratios[1]} "
+            f"| {', '.join(f'`{o}`' for o in overrides) or 'its recipe (float32)'} |"
         )
     return "\n".join(lines)
 

@@ -15,6 +15,7 @@ columns, paired t-test against each backbone's base run; :func:`merc.evaluation.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ from merc.config import load_recipe
 from merc.errors import MercError
 from merc.evaluation.aggregate import format_mean_std
 from merc.evaluation.tables import is_loso
+from merc.training.trainer import TrainConfig
 
 
 def recipe_changes(cfg: dict, model: str, dataset: str) -> list[str]:
@@ -33,11 +35,16 @@ def recipe_changes(cfg: dict, model: str, dataset: str) -> list[str]:
         recipe = load_recipe(model, dataset)
     except MercError:
         return []
+    # Training keys a recipe leaves out take TrainConfig's defaults (e.g. precision "32").
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
     changes = []
     for section in ("model", "training"):
         base = recipe.get(section) or {}
         for key, value in (cfg.get(section) or {}).items():
-            if key in base and base[key] != value:
+            if key in base:
+                if base[key] != value:
+                    changes.append(f"{key}={value}")
+            elif section == "training" and key == "precision" and str(value) != str(defaults.get(key)):
                 changes.append(f"{key}={value}")
     return changes
 
