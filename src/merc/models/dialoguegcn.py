@@ -75,6 +75,7 @@ from merc.models.base import MercModel
 from merc.models.gcnet import NodalAttention
 from merc.models.layers.encoders import EncoderSpec, build_encoder, encoder_kinds
 from merc.models.layers.recurrent import ContextualRNN
+from merc.models.layers.relational_conv import grouped_relational_conv
 from merc.models.output import ModelOutput
 from merc.models.registry import register_model
 
@@ -191,7 +192,7 @@ class DialogueGCNNetwork(nn.Module):
             # Eq. 2 with edge weights on PyG's RGCNConv: one weighted source row per edge.
             messages = alpha[:, None] * g[source]
             per_edge = torch.stack([torch.arange(source.numel(), device=source.device), target])
-            h = self._act(self.rgcn((messages, g), per_edge, edge_type))
+            h = self._act(grouped_relational_conv(self.rgcn, (messages, g), per_edge, edge_type))
             h = self._act(self.graph_conv(h, graph.edge_index))
             features = torch.cat([g, h], dim=-1)
         if self.attention is not None:

@@ -8,7 +8,7 @@ from torch_geometric.nn import RGCNConv
 
 from helpers import assert_same_function
 from merc.data.graphs import build_corect_graph
-from merc.models.layers.relational_conv import relational_mean_conv, supports_fused_rgcn
+from merc.models.layers.relational_conv import grouped_relational_conv, relational_mean_conv, supports_fused_rgcn
 
 LENGTHS = torch.tensor([6, 1, 9, 4])
 
@@ -69,3 +69,76 @@ def test_out_of_range_edge_types_are_refused(bad_type: int) -> None:
     edge_index = torch.tensor([[0, 1], [1, 2]])
     with pytest.raises(ValueError, match=r"edge types must lie in 0 \.\. 1"):
         relational_mean_conv(conv, torch.randn(3, 3), edge_index, torch.tensor([0, bad_type]))
+
+
+# --- grouped_relational_conv: DialogueGCN's settings (bases, sum, bipartite input) ---------
+
+
+@pytest.mark.parametrize("num_bases", [None, 3])
+@pytest.mark.parametrize("aggr", ["add", "mean"])
+@pytest.mark.parametrize("bipartite", [False, True])
+def test_grouped_equals_pyg(num_bases: int | None, aggr: str, bipartite: bool) -> None:
+    torch.manual_seed(0)
+    num_nodes, num_relations = 10, 18  # many relations, most with few edges, some with none
+    edge_index = torch.randint(0, num_nodes, (2, 50))
+    edge_index = torch.cat([edge_index, edge_index[:, :7]], dim=1)  # repeated edges
+    edge_type = torch.randint(0, num_relations - 4, (edge_index.shape[1],))
+    conv = RGCNConv(6, 5, num_relations, num_bases=num_bases, aggr=aggr).double()
+    with torch.no_grad():  # PyG initialises some terms to zero; make every term count
+        for p in conv.parameters():
+            p.normal_()
+    if bipartite:
+        # DialogueGCN's form: one source row per edge; the targets are read by the root weight.
+        targets = torch.randn(num_nodes, 6, dtype=torch.float64)
+        per_edge = torch.stack([torch.arange(edge_index.shape[1]), edge_index[1]])
+        x = torch.randn(edge_index.shape[1], 6, dtype=torch.float64)
+
+        def plain(inp: torch.Tensor) -> torch.Tensor:
+            return conv((inp, targets), per_edge, edge_type)
+
+        def grouped(inp: torch.Tensor) -> torch.Tensor:
+            return grouped_relational_conv(conv, (inp, targets), per_edge, edge_type)
+
+    else:
+        x = torch.randn(num_nodes, 6, dtype=torch.float64)
+
+        def plain(inp: torch.Tensor) -> torch.Tensor:
+            return conv(inp, edge_index, edge_type)
+
+        def grouped(inp: torch.Tensor) -> torch.Tensor:
+            return grouped_relational_conv(conv, inp, edge_index, edge_type)
+
+    assert_same_function(conv, plain, grouped, x, rtol=1e-9, atol=1e-9)
+
+
+def test_grouped_reads_each_relation_weight_once_in_backward() -> None:
+    # The reason for the path: no per-relation select of the weight (whose backward
+    # allocates a zero gradient as large as the whole weight).
+    torch.manual_seed(0)
+    conv = RGCNConv(4, 3, 30, num_bases=2)
+    edge_index = torch.randint(0, 8, (2, 40))
+    edge_type = torch.randint(0, 30, (40,))
+    out = grouped_relational_conv(conv, torch.randn(8, 4), edge_index, edge_type)
+    names: set[str] = set()
+    seen: set[int] = set()
+    stack = [out.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        names.add(node.name())
+        stack.extend(fn for fn, _ in node.next_functions)
+    assert "SelectBackward0" not in names and "UnbindBackward0" in names
+
+
+def test_grouped_no_edges_and_refusals() -> None:
+    conv = RGCNConv(3, 2, num_relations=2, num_bases=2)
+    x = torch.randn(4, 3)
+    out = grouped_relational_conv(conv, x, torch.empty(2, 0, dtype=torch.long), torch.empty(0, dtype=torch.long))
+    torch.testing.assert_close(out, x @ conv.root + conv.bias)
+    edge_index = torch.tensor([[0, 1], [1, 2]])
+    with pytest.raises(ValueError, match=r"edge types must lie in 0 \.\. 1"):
+        grouped_relational_conv(conv, x, edge_index, torch.tensor([0, 2]))
+    with pytest.raises(ValueError, match="block decomposition"):
+        grouped_relational_conv(RGCNConv(4, 4, 2, num_blocks=2), torch.randn(3, 4), edge_index, torch.tensor([0, 1]))

@@ -44,6 +44,11 @@ epoch; their results are in ``bench/results/``):
   scatter and one product instead of a round of operations per relation. Off:
   ``supports_fused_rgcn`` is false and ``relational_mean_conv`` calls
   ``RGCNConv.forward``.
+  ``grouped_relational_conv`` (DialogueGCN's basis-decomposed, summed, bipartite
+  ``RGCNConv``): messages summed per (relation, target) bucket and multiplied per
+  relation by one ``weight.unbind(0)``, instead of PyG's ``weight[r]`` per relation,
+  whose backward zero-fills a whole-weight gradient each time (``R^2`` cost: 162
+  relations on MELD). Off: it calls ``RGCNConv.forward``.
 - :mod:`~merc.models.layers.transformer` (``PackedTransformerEncoderLayer.forward_packed``):
   a Transformer layer whose per-position parts run on the real (packed) rows only, not
   on padding. Off: PyTorch's own ``TransformerEncoderLayer.forward`` on the padded
