@@ -50,6 +50,7 @@ from merc.data.graphs import window_edges
 from merc.errors import ConfigError, resolve_choice
 from merc.models.base import MercModel
 from merc.models.layers.recurrent import ContextualRNN
+from merc.models.layers.relational_conv import grouped_relational_conv
 from merc.models.output import ModelOutput
 from merc.models.registry import register_model
 
@@ -106,7 +107,7 @@ class GraphNetwork(nn.Module):
         self.output = nn.Linear(2 * d_h, d_h)
 
     def forward(self, nodes: Tensor, edge_index: Tensor, edge_type: Tensor, batch: Batch) -> Tensor:
-        out = self.conv2(self.conv1(nodes, edge_index, edge_type), edge_index)
+        out = self.conv2(grouped_relational_conv(self.conv1, nodes, edge_index, edge_type), edge_index)
         states = batch.unflatten(torch.cat([nodes, out], dim=-1))
         states = self.rnn(states, batch.lengths)
         if self.attention is not None:
