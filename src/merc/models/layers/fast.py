@@ -53,6 +53,12 @@ epoch; their results are in ``bench/results/``):
   a Transformer layer whose per-position parts run on the real (packed) rows only, not
   on padding. Off: PyTorch's own ``TransformerEncoderLayer.forward`` on the padded
   batch, read back at the real rows.
+- :mod:`~merc.models.layers.fused_rnn` (``fused_rnn``, taken by ``ContextualRNN`` when
+  training in float32 on CPU): the GRU / LSTM as one ``autograd.Function`` per layer
+  with a hand-written backward pass (one small product per step each way, the weight
+  and input gradients as one product each after the loop, both directions in one
+  batched loop), because PyTorch's CPU recurrence runs autograd nodes per step and
+  gate. Off: ``nn.GRU`` / ``nn.LSTM`` on the packed sequence.
 
 ``tests/models/layers/test_fast_switch.py`` checks that both settings agree.
 """
