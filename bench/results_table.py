@@ -35,7 +35,7 @@ def recipe_changes(cfg: dict, model: str, dataset: str) -> list[str]:
         recipe = load_recipe(model, dataset)
     except MercError:
         return []
-    # Training keys a recipe leaves out take TrainConfig's defaults (e.g. precision "32").
+    # Training keys a recipe leaves out are compared with TrainConfig's defaults (e.g. precision "32").
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
     changes = []
     for section in ("model", "training"):
@@ -44,7 +44,7 @@ def recipe_changes(cfg: dict, model: str, dataset: str) -> list[str]:
             if key in base:
                 if base[key] != value:
                     changes.append(f"{key}={value}")
-            elif section == "training" and key == "precision" and str(value) != str(defaults.get(key)):
+            elif section == "training" and key in defaults and str(value) != str(defaults[key]):
                 changes.append(f"{key}={value}")
     return changes
 

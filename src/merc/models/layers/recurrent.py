@@ -99,8 +99,8 @@ class ContextualRNN(nn.Module):
 
         With the fast kernels on (:mod:`merc.models.layers.fast`), training (gradients on)
         in float32 on CPU runs :func:`~merc.models.layers.fused_rnn.fused_rnn`, the same
-        GRU / LSTM with a hand-written backward pass (forward + backward of MM-DFN's 2-layer
-        BiGRU about 1.9x faster than PyTorch's on one thread, a BiLSTM 1.6x). Inference
+        GRU / LSTM with a hand-written backward pass (``bench/bench_baselines.py`` times
+        the models that use it against their authors' code). Inference
         under CPU autocast casts the weights to bfloat16 once per call. No caller reads
         the final state.
         """
@@ -109,10 +109,9 @@ class ContextualRNN(nn.Module):
         autocast = cpu_autocast_active(packed.data)
         if torch.is_grad_enabled():
             # Training. Under CPU autocast a float32 island: PyTorch's CPU recurrence is
-            # autograd over one small product per time step; in bfloat16 those steps and their
-            # backward are slower than in float32 (MM-DFN's bf16-mixed epoch on iemocap6:
-            # 2.71 s with a bfloat16 recurrence, 2.24 s with a float32 island around it;
-            # bench/bench_baselines.py).
+            # autograd over one small product per time step, and in bfloat16 those steps and
+            # their backward are slower than in float32 (MM-DFN's bf16-mixed epoch on
+            # iemocap6 was slower with a bfloat16 recurrence than with this island).
             with torch.autocast("cpu", enabled=False):
                 if autocast:
                     packed = PackedSequence(
