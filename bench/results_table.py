@@ -9,12 +9,18 @@ A leave-one-session-out run (``merc train --protocol loso``) says so in its mode
 (``LOSO K folds``); its scores are the mean ± std pooled over folds x seeds, and its
 accuracy cell (WA) adds UA, the metric such runs are compared on.
 
+``--ablation SPEC.yaml [--runs DIR]``: a paper's ablation table (``bench/ablations/*.yaml``:
+rows, the row each is compared with, the paper's direction), every effect's direction
+checked against the paper with a paired test (:func:`merc.evaluation.tables.ablation_table`);
+run folders are looked up under ``DIR`` (default ``bench/results/runs``).
+
 ``--balance``: SPCL Table 3's layout instead (backbone x balance method rows, modality-set
 columns, paired t-test against each backbone's base run; :func:`merc.evaluation.tables.balance_table`).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import sys
@@ -75,6 +81,16 @@ def row(run: Path) -> str | None:
 
 
 def main(paths: list[str]) -> None:
+    if paths and paths[0] == "--ablation":
+        from merc.evaluation.tables import ablation_table
+
+        parser = argparse.ArgumentParser(prog="results_table.py --ablation")
+        parser.add_argument("specs", nargs="+", type=Path)
+        parser.add_argument("--runs", type=Path, default=Path(__file__).resolve().parent / "results" / "runs")
+        args = parser.parse_args(paths[1:])
+        for spec in args.specs:
+            print(ablation_table(yaml.safe_load(spec.read_text(encoding="utf-8")), args.runs))
+        return
     if paths and paths[0] == "--balance":
         from merc.evaluation.tables import balance_table
         from merc.training.plugins.registry import plugin_groups

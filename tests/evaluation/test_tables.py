@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from merc.evaluation.tables import balance_table, paired_test, run_method
+from merc.evaluation.tables import (
+    ablation_table,
+    ablation_verdict,
+    balance_table,
+    check_ablation_spec,
+    paired_test,
+    run_method,
+)
 
 SECTIONS = ["rna", "ogm-ge", "spcl"]
 
@@ -73,3 +80,59 @@ def test_balance_table_layout_and_marks(tmp_path) -> None:
     assert "*" not in rows["base"]
     late = [line for line in lines if line.startswith("| mmgcn (late) | base |")]
     assert len(late) == 1 and "51.00 ± 0.50" in late[0]  # its own backbone, not mmgcn's base
+
+
+def test_ablation_verdict_follows_sign_and_significance() -> None:
+    assert ablation_verdict(-2.0, 0.01, "down") == "confirmed"
+    assert ablation_verdict(-2.0, 0.30, "down") == "same direction, n.s."
+    assert ablation_verdict(+4.0, 0.01, "down") == "not confirmed (opposite, p < 0.10)"
+    assert ablation_verdict(+0.5, 0.60, "down") == "not confirmed (opposite, n.s.)"
+    assert ablation_verdict(+1.0, 0.02, "up") == "confirmed"
+    assert ablation_verdict(0.0, None, "down") == "not confirmed (opposite, n.s.)"  # no change is no effect
+    assert ablation_verdict(+0.3, 0.70, "same").startswith("confirmed")
+    assert ablation_verdict(+3.0, 0.01, "same").startswith("not confirmed")
+    with pytest.raises(ValueError, match="paper direction"):
+        ablation_verdict(1.0, 0.1, "better")
+
+
+def test_ablation_table_compares_each_row_with_its_reference(tmp_path) -> None:
+    _run(tmp_path, "full", "rsm", "tav", [60.0, 60.5, 61.0], {})
+    _run(tmp_path, "no-a", "rsm", "tav", [58.0, 58.6, 59.1], {})  # -1.93 on every seed: confirmed
+    _run(tmp_path, "no-a-no-b", "rsm", "tav", [62.0, 59.0, 63.0], {})  # noisy, up against no-a
+    spec = {
+        "title": "T",
+        "rows": [
+            {"name": "full", "label": "full model", "run": "full", "paper_values": "85.9"},
+            {"name": "a", "label": "w/o A", "run": "no-a", "versus": "full", "paper": "down"},
+            {"name": "ab", "label": "w/o A, B", "run": "no-a-no-b", "versus": "a", "paper": "down"},
+            {"name": "c", "label": "w/o C", "run": "missing", "versus": "full"},
+        ],
+    }
+    rows = {line.split("|")[1].strip(): line.split("|") for line in ablation_table(spec, tmp_path).splitlines()[4:8]}
+    assert rows["full model"][4].strip() == "(reference)" and "85.9" in rows["full model"][7]
+    assert rows["w/o A"][5].strip().startswith("-1.93 (") and rows["w/o A"][8].strip() == "confirmed"
+    assert rows["w/o A, B"][4].strip() == "a" and rows["w/o A, B"][8].strip() == "not confirmed (opposite, n.s.)"
+    assert rows["w/o C"][2].strip() == "not run"
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([], "non-empty list"),
+        ([{"name": "x", "label": "x", "run": "r"}, {"name": "x", "label": "y", "run": "s"}], "unique 'name'"),
+        ([{"name": "x", "label": "x"}], "'run' must be"),
+        ([{"name": "x", "label": "x", "run": "r", "versus": "y"}], "no other row"),
+        ([{"name": "x", "label": "x", "run": "r", "versus": "x"}], "no other row"),
+        ([{"name": "x", "label": "x", "run": "r", "paper": "better"}], "paper must be one of"),
+    ],
+)
+def test_check_ablation_spec_refuses_bad_specs(rows, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        check_ablation_spec({"title": "bad", "rows": rows})
+
+
+def test_every_ablation_spec_in_bench_is_valid() -> None:
+    specs = sorted((Path(__file__).resolve().parents[2] / "bench" / "ablations").glob("*.yaml"))
+    assert specs, "bench/ablations holds the papers' ablation specs"
+    for spec in specs:
+        check_ablation_spec(yaml.safe_load(spec.read_text(encoding="utf-8")))

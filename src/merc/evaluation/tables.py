@@ -12,6 +12,12 @@ A leave-one-session-out run (``merc train --protocol loso``) is its own backbone
 paired test pairs each seed's cross-validated score (its mean over the folds) with the
 base run's.
 
+:func:`ablation_table` lays out a paper's ablation table: one row per ablated variant, each
+compared with the row the paper compares it with (the full model, or the same backbone
+with the component on), the paper's reported direction beside merc's measured difference,
+and a verdict per row (confirmed / same direction, not significant / not confirmed). The
+rows come from a small YAML spec per paper (``bench/ablations/<paper>.yaml``).
+
 Reads only ``results.json`` and ``config.yaml`` of each run folder. Which recipe sections
 are balance methods is the caller's knowledge (the plug-in registry lives in
 :mod:`merc.training`, above this package): ``bench/results_table.py --balance`` passes them.
@@ -173,4 +179,147 @@ def balance_table(runs: Sequence[str | Path], method_sections: Sequence[str]) ->
     return "\n".join(out)
 
 
-__all__ = ["balance_table", "is_loso", "paired_test", "run_method"]
+#: Directions a paper can report for an ablated row against its reference row.
+PAPER_DIRECTIONS = ("down", "up", "same")
+
+
+def ablation_verdict(diff: float, p: float | None, paper: str, alpha: float = 0.10) -> str:
+    """Whether merc's measured difference (ablated - reference) agrees with the paper's direction.
+
+    ``paper`` is ``"down"`` (the paper reports the ablated row lower, i.e. the component
+    helps), ``"up"`` or ``"same"``. With a paired test ``p`` (None: fewer than two seeds):
+    the same sign and ``p < alpha`` is ``confirmed``; the same sign without significance
+    is ``same direction, n.s.``; the opposite sign is ``not confirmed`` (``, significant``
+    when ``p < alpha``). ``"same"`` is confirmed when the difference is not significant.
+
+    >>> ablation_verdict(-2.0, 0.01, "down")
+    'confirmed'
+    >>> ablation_verdict(+4.0, 0.04, "down")
+    'not confirmed (opposite, p < 0.10)'
+    """
+    if paper not in PAPER_DIRECTIONS:
+        raise ValueError(f"paper direction must be one of {PAPER_DIRECTIONS}, got {paper!r}")
+    significant = p is not None and p < alpha
+    if paper == "same":
+        return "not confirmed (differs, p < 0.10)" if significant else "confirmed (no significant difference)"
+    agrees = (diff < 0) == (paper == "down") and diff != 0
+    if agrees:
+        return "confirmed" if significant else "same direction, n.s."
+    return "not confirmed (opposite, p < 0.10)" if significant else "not confirmed (opposite, n.s.)"
+
+
+def _paired_metric(entry: Mapping[str, Any], reference: Mapping[str, Any], metric: str) -> tuple[float, float | None]:
+    """Mean difference over the seeds both runs share, and the paired test's p (None: < 2 seeds)."""
+    values = dict(zip(entry["seeds"], entry["paired"][metric]["per_seed"], strict=True))
+    base = dict(zip(reference["seeds"], reference["paired"][metric]["per_seed"], strict=True))
+    common = [s for s in entry["seeds"] if s in base]
+    if not common:
+        raise ValueError(f"{entry['run']} and {reference['run']} share no seed: nothing to pair")
+    test = paired_test([values[s] for s in common], [base[s] for s in common])
+    if test is None:
+        return values[common[0]] - base[common[0]], None
+    return test[0], test[1]
+
+
+def check_ablation_spec(spec: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The rows of an ablation spec, checked: unique names, ``run`` and ``label`` given,
+    ``versus`` naming another row, ``paper`` one of :data:`PAPER_DIRECTIONS`.
+
+    Raises:
+        ValueError: naming the spec's title and the faulty row.
+    """
+    title = spec.get("title")
+    rows = spec.get("rows")
+    if not isinstance(rows, list) or not rows:
+        raise ValueError(f"ablation spec {title!r}: expected a non-empty list under 'rows'")
+    names = [r.get("name") if isinstance(r, Mapping) else None for r in rows]
+    if None in names or len(set(names)) != len(names):
+        raise ValueError(f"ablation spec {title!r}: every row needs a unique 'name', got {names}")
+    for r in rows:
+        for key in ("label", "run"):
+            if not isinstance(r.get(key), str) or not r[key]:
+                raise ValueError(f"ablation spec {title!r}, row {r['name']!r}: '{key}' must be a non-empty string")
+        versus = r.get("versus")
+        if versus is not None and (versus not in names or versus == r["name"]):
+            raise ValueError(f"ablation spec {title!r}, row {r['name']!r}: versus {versus!r} is no other row")
+        if r.get("paper", "down") not in PAPER_DIRECTIONS:
+            raise ValueError(
+                f"ablation spec {title!r}, row {r['name']!r}: paper must be one of {PAPER_DIRECTIONS}, got {r['paper']!r}"
+            )
+    return rows
+
+
+def ablation_table(spec: Mapping[str, Any], runs_root: str | Path) -> str:
+    """A paper's ablation table from run folders, with the direction of every effect checked.
+
+    Args:
+        spec: ``{"title": str, "rows": [{"name", "label", "run", "versus"?, "paper"?,
+            "paper_values"?}, ...]}``: ``run`` is a folder under ``runs_root``; a row with
+            ``versus`` (another row's ``name``) is compared with that row, ``paper`` being
+            the direction the paper reports for it (:data:`PAPER_DIRECTIONS`) and
+            ``paper_values`` the paper's own numbers, shown as text.
+        runs_root: Folder holding the run folders.
+
+    Returns:
+        A markdown table: label, overrides are the caller's to document; weighted F1 and
+        accuracy (mean ± std), the paired difference in weighted F1 (and accuracy) against
+        the reference row, the paper's direction and numbers, and the verdict. Rows whose
+        run has not finished show ``not run``.
+    """
+    root = Path(runs_root)
+    rows = check_ablation_spec(spec)
+    entries = {r["name"]: _load(root / r["run"], ()) for r in rows}
+    out = [
+        f"### {spec.get('title', 'Ablations')}",
+        "",
+        "| row | w-F1 | accuracy | vs | Δ w-F1 (p) | Δ acc (p) | paper | verdict (w-F1) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def delta(diff: float, p: float | None) -> str:
+        return f"{diff:+.2f}" + (f" ({p:.2f})" if p is not None else "")
+
+    for r in rows:
+        entry = entries[r["name"]]
+        if entry is None:
+            out.append(f"| {r['label']} | not run | | | | | | |")
+            continue
+        cells = [format_mean_std(entry["test"]["weighted_f1"]), format_mean_std(entry["test"]["accuracy"])]
+        versus = r.get("versus")
+        if versus is None:
+            out.append(f"| {r['label']} | {cells[0]} | {cells[1]} | (reference) | | | {r.get('paper_values', '')} | |")
+            continue
+        reference = entries[versus]
+        if reference is None:
+            out.append(f"| {r['label']} | {cells[0]} | {cells[1]} | {versus} (not run) | | | | |")
+            continue
+        d_f1, p_f1 = _paired_metric(entry, reference, "weighted_f1")
+        d_acc, p_acc = _paired_metric(entry, reference, "accuracy")
+        paper = r.get("paper", "down")
+        arrow = {"down": "↓", "up": "↑", "same": "="}.get(paper, "?")
+        shown = f"{arrow} {r.get('paper_values', '')}".strip()
+        out.append(
+            f"| {r['label']} | {cells[0]} | {cells[1]} | {versus} | {delta(d_f1, p_f1)} | "
+            f"{delta(d_acc, p_acc)} | {shown} | {ablation_verdict(d_f1, p_f1, paper)} |"
+        )
+    out += [
+        "",
+        "Δ: mean paired difference over seeds against the row named in `vs` (two-sided paired t-test p). "
+        "paper: the direction the paper reports for the row against the same reference. Verdict: "
+        "confirmed = same direction and p < 0.10; same direction, n.s. = the sign agrees, the test does not; "
+        "not confirmed = the opposite sign.",
+        "",
+    ]
+    return "\n".join(out)
+
+
+__all__ = [
+    "PAPER_DIRECTIONS",
+    "ablation_table",
+    "ablation_verdict",
+    "balance_table",
+    "check_ablation_spec",
+    "is_loso",
+    "paired_test",
+    "run_method",
+]
