@@ -19,6 +19,7 @@ from merc.data.batching import Batch, collate, to_tensors
 from merc.errors import ConfigError, DataError
 from merc.models import build_model
 from merc.models.layers.crossmodal import CrossModalLayer
+from merc.models.layers.fast import use_fast_kernels
 from merc.models.mgcma import (
     MGCMA,
     NullAlignedCrossLayer,
@@ -389,7 +390,8 @@ def test_lift_code_change_pools_to_the_hooked_code(pooling: str) -> None:
     assert torch.equal(lift_code_change(tokens, valid, code, code.clone()), tokens)
 
 
-def test_a_hook_that_zeroes_a_modality_zeroes_its_tokens() -> None:
+@pytest.mark.parametrize("fast", [False, True])
+def test_a_hook_that_zeroes_a_modality_zeroes_its_tokens(fast: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     batch, _ = make_batch((1, 7, 3), "ta")
     model = _mgcma("ta", sequence_dims={m: SEQ_DIMS[m] for m in "ta"}).eval()
     sequences, lengths = _sequences(batch.num_utterances, "ta")
@@ -399,14 +401,19 @@ def test_a_hook_that_zeroes_a_modality_zeroes_its_tokens() -> None:
     def drop_audio(_: Batch, codes: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {m: torch.zeros_like(c) if m == "a" else c for m, c in codes.items()}
 
-    def capture(module: torch.nn.Module, args: tuple, kwargs: dict, output: torch.Tensor) -> None:
-        captured.setdefault("a", args[0])
+    # The TAM's input tokens (padded grid or packed rows, whichever path runs).
+    block = model.token_alignment[0]
+    name = "forward_packed" if fast else "forward"
+    original = getattr(block, name)
 
-    handle = model.token_alignment[0].self_attention["a"].register_forward_hook(capture, with_kwargs=True)
-    with torch.no_grad(), model.before_fuse(drop_audio):
+    def capture(tokens: dict[str, torch.Tensor], *args: object) -> dict[str, torch.Tensor]:
+        captured.setdefault("a", tokens["a"])
+        return original(tokens, *args)
+
+    monkeypatch.setattr(block, name, capture)
+    with torch.no_grad(), model.before_fuse(drop_audio), use_fast_kernels(fast):
         model(seq_batch)
-    handle.remove()
-    assert (captured["a"] == 0).all()
+    assert captured["a"].numel() and (captured["a"] == 0).all()
 
 
 # -- recipes and options -----------------------------------------------------------------------------
@@ -443,3 +450,37 @@ def test_recipe_and_ablation_overrides() -> None:
     assert switches == {"use_distribution_alignment": False, "use_token_alignment": False, "pooling": "first"}
     with pytest.raises(ConfigError, match="model.pooling"):
         check_model_arguments("mgcma", {"pooling": "max"})
+
+
+@pytest.mark.parametrize("modalities", ["ta", "tav", "t"])
+@pytest.mark.parametrize("pooling", ["mean", "first"])
+@pytest.mark.parametrize("null_alignment", [True, False])
+def test_packed_token_path_equals_the_padded_path(modalities: str, pooling: str, null_alignment: bool) -> None:
+    """The fast path (real tokens only) and the plain padded path: same logits, losses and gradients."""
+    batch, _ = make_batch((1, 7, 3), modalities)
+    sequences, lengths = _sequences(batch.num_utterances, modalities, max_len=9)
+    lengths[modalities[0]][2] = 0  # an utterance without tokens: the fallback token
+    batch = _with_sequences(batch, sequences, lengths)
+    results = {}
+    for fast in (False, True):
+        model = _mgcma(
+            modalities,
+            sequence_dims={m: SEQ_DIMS[m] for m in modalities},
+            pooling=pooling,
+            null_alignment=null_alignment,
+            dropout=0.0,
+        ).train()
+        with use_fast_kernels(fast):
+            out = model(batch)
+            loss = out.logits.square().sum() + sum(out.aux_losses.values())
+            loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results[fast] = (out.logits.detach(), {k: v.detach() for k, v in out.aux_losses.items()}, grads)
+    (plain_logits, plain_aux, plain_grads), (fast_logits, fast_aux, fast_grads) = results[False], results[True]
+    torch.testing.assert_close(fast_logits, plain_logits, rtol=1e-4, atol=1e-5)
+    assert fast_aux.keys() == plain_aux.keys()
+    for key in plain_aux:
+        torch.testing.assert_close(fast_aux[key], plain_aux[key], rtol=1e-4, atol=1e-5)
+    assert fast_grads.keys() == plain_grads.keys()
+    for name in plain_grads:
+        torch.testing.assert_close(fast_grads[name], plain_grads[name], rtol=1e-3, atol=1e-5, msg=name)

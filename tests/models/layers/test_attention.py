@@ -7,7 +7,13 @@ import torch
 import torch.nn.functional as F
 
 import merc.models.layers.attention as attention
-from merc.models.layers.attention import STEP_BUCKET, block_attention, gather_heads, scatter_heads
+from merc.models.layers.attention import (
+    STEP_BUCKET,
+    block_attention,
+    gather_heads,
+    length_bucketed_attention,
+    scatter_heads,
+)
 
 HEADS, HEAD_DIM = 2, 4
 
@@ -101,3 +107,44 @@ def test_fewer_rows_than_positions_is_an_error() -> None:
     qkv, index, allowed = _case((5, 3), square=False)
     with pytest.raises(ValueError, match="grid positions"):
         block_attention(qkv[:-1], index, allowed, HEADS)
+
+
+def _attention_per_block(q, q_index, q_size, k, v, k_index, k_valid, heads, zero_key):
+    """Brute-force reference: every block on its own, keys in slot order, plain softmax."""
+    out = torch.zeros_like(q)
+    blocks, k_size = k_valid.shape
+    d = q.shape[1]
+    dh = d // heads
+    for b in range(blocks):
+        rows_q = [i for i, at in enumerate(q_index.tolist()) if at // q_size == b]
+        rows_k = sorted((at % k_size, i) for i, at in enumerate(k_index.tolist()) if at // k_size == b)
+        keys = [k[i] for _, i in rows_k] + ([torch.zeros(d)] if zero_key else [])
+        values = [v[i] for _, i in rows_k] + ([torch.zeros(d)] if zero_key else [])
+        if not keys:
+            continue  # no key: zero output
+        kk, vv = torch.stack(keys).view(-1, heads, dh), torch.stack(values).view(-1, heads, dh)
+        for r in rows_q:
+            qq = q[r].view(heads, dh)
+            w = torch.softmax(torch.einsum("hd,khd->hk", qq, kk) / dh**0.5, dim=-1)
+            out[r] = torch.einsum("hk,khd->hd", w, vv).reshape(d)
+    return out
+
+
+@pytest.mark.parametrize("zero_key", [False, True])
+def test_length_bucketed_attention_equals_per_block_attention(zero_key: bool) -> None:
+    g = torch.Generator().manual_seed(0)
+    q_lengths, k_lengths = [1, 9, 3, 0, 17, 2, 5], [4, 2, 0, 3, 30, 1, 5]  # block 2: queries, no key
+    q_size, k_size, d = 20, 32, 8
+    q_valid = torch.arange(q_size)[None, :] < torch.tensor(q_lengths)[:, None]
+    k_valid = torch.arange(k_size)[None, :] < torch.tensor(k_lengths)[:, None]
+    k_valid[4, 7] = False  # a hole inside a block: only slots with rows are keys
+    q_index = torch.nonzero(q_valid.reshape(-1)).squeeze(1)
+    k_index = torch.nonzero(k_valid.reshape(-1)).squeeze(1)
+    q = torch.randn(q_index.numel(), d, generator=g)
+    k, v = torch.randn(k_index.numel(), d, generator=g), torch.randn(k_index.numel(), d, generator=g)
+    got = length_bucketed_attention(q, q_index, q_size, k, v, k_index, k_valid, num_heads=2, zero_key=zero_key)
+    expected = _attention_per_block(q, q_index, q_size, k, v, k_index, k_valid, 2, zero_key)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    if not zero_key:  # block 2 has queries and no key: zeros
+        rows_of_block_2 = (q_index // q_size) == 2
+        assert rows_of_block_2.any() and (got[rows_of_block_2] == 0).all()

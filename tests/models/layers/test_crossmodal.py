@@ -85,3 +85,51 @@ def test_bad_configuration_is_a_clear_error() -> None:
         CrossModalTransformer(8, num_heads=2, num_layers=0)
     with pytest.raises(ConfigError, match="source_dim"):
         CrossModalLayer(8, 2, source_dim=6, cross=False)
+
+
+def _packed(grid: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    index = torch.nonzero(valid.reshape(-1)).squeeze(1)
+    return grid.reshape(-1, grid.shape[-1]).index_select(0, index), index
+
+
+@pytest.mark.parametrize("cross", [False, True])
+@pytest.mark.parametrize("zero_attn", [False, True])
+@pytest.mark.parametrize("source_dim", [8, 6])
+def test_forward_packed_equals_forward_at_the_real_positions(cross: bool, zero_attn: bool, source_dim: int) -> None:
+    if not cross and source_dim != 8:
+        pytest.skip("a self-attention layer has no other source dim")
+    torch.manual_seed(0)
+    layer = CrossModalLayer(8, num_heads=2, source_dim=source_dim, cross=cross, ffn_dim=12).eval()
+    if zero_attn:
+        layer.attn = torch.nn.MultiheadAttention(
+            8, 2, kdim=source_dim, vdim=source_dim, batch_first=True, add_zero_attn=True
+        )
+    target, source = torch.randn(4, 5, 8), torch.randn(4, 3, source_dim)
+    target_valid = torch.arange(5)[None, :] < torch.tensor([5, 1, 3, 2])[:, None]
+    # Block 2 has no source key at all: zero attention output (or only the zero key).
+    source_valid = torch.arange(3)[None, :] < torch.tensor([3, 2, 0, 1])[:, None]
+    if not cross:
+        source, source_valid = target, target_valid
+    expected = layer(target, source if cross else None, key_padding_mask=~source_valid)
+    rows, index = _packed(target, target_valid)
+    source_rows, source_index = _packed(source, source_valid)
+    got = layer.forward_packed(rows, index, target_valid, *((source_rows, source_index, source_valid) if cross else ()))
+    torch.testing.assert_close(got, expected.reshape(-1, 8)[index], rtol=1e-5, atol=1e-5)
+
+
+def test_forward_packed_gradients_equal_forward_gradients() -> None:
+    torch.manual_seed(1)
+    layer = CrossModalLayer(8, num_heads=2, cross=True, ffn_dim=12).train()
+    layer.drop.p = 0.0  # no dropout: both paths must agree exactly
+    target, source = torch.randn(3, 4, 8), torch.randn(3, 5, 8)
+    target_valid = torch.arange(4)[None, :] < torch.tensor([4, 2, 1])[:, None]
+    source_valid = torch.arange(5)[None, :] < torch.tensor([1, 5, 3])[:, None]
+    plain = layer(target, source, key_padding_mask=~source_valid)
+    (plain * target_valid[..., None]).square().sum().backward()
+    expected = {n: p.grad.clone() for n, p in layer.named_parameters()}
+    layer.zero_grad()
+    rows, index = _packed(target, target_valid)
+    source_rows, source_index = _packed(source, source_valid)
+    layer.forward_packed(rows, index, target_valid, source_rows, source_index, source_valid).square().sum().backward()
+    for name, param in layer.named_parameters():
+        torch.testing.assert_close(param.grad, expected[name], rtol=1e-4, atol=1e-5, msg=name)

@@ -158,4 +158,85 @@ def _explicit_attention(
     return torch.bmm(weights, v).view(batch, num_heads, size, head_dim), index
 
 
-__all__ = ["STEP_BUCKET", "block_attention", "gather_heads", "scatter_heads"]
+def length_bucketed_attention(
+    q: Tensor,
+    query_index: Tensor,
+    query_size: int,
+    k: Tensor,
+    v: Tensor,
+    key_index: Tensor,
+    key_valid: Tensor,
+    num_heads: int,
+    dropout_p: float = 0.0,
+    zero_key: bool = False,
+) -> Tensor:
+    """Multi-head attention of packed rows within blocks, blocks grouped by length.
+
+    The same attention as laying every block out at the longest block's size
+    (:func:`block_attention`'s grid) and masking, but each group of blocks is laid out at
+    its own longest size: blocks whose extent (last filled query or key slot + 1) falls
+    in ``(2^(j-1), 2^j]`` form group ``j``. Attention costs ``B * S^2`` on one grid; here
+    every block pays at most 4 times its own ``S_b^2``. With utterance tokens
+    (MiniLM on IEMOCAP: median 15, longest 126 per utterance) one grid is mostly padding;
+    a loop over the ``log2(S)`` groups (at most 8 below 256 slots) is not.
+
+    Args:
+        q: ``[N_q, d]`` projected query rows at ``query_index`` (``long [N_q]``) of the
+            ``B x query_size`` grid.
+        k, v: ``[N_k, d]`` projected key and value rows at ``key_index`` (``long [N_k]``)
+            of the ``B x S`` grid of ``key_valid``.
+        key_valid: ``bool [B, S]``, true where a key row sits (a query of block ``b``
+            sees the keys of block ``b``).
+        num_heads: ``H``; ``d`` must be divisible by it.
+        dropout_p: Dropout on the attention weights.
+        zero_key: Add a zero key and value to every block, never masked (PyTorch's
+            ``add_zero_attn``): a query may attend to nothing.
+
+    Returns:
+        ``[N_q, d]`` outputs, heads concatenated (before any output projection). Queries
+        of a block without keys (and no zero key) get zeros.
+    """
+    blocks, key_size = key_valid.shape
+    d = q.shape[1]
+    head_dim = d // num_heads
+    query_block = query_index.div(query_size, rounding_mode="floor")
+    query_slot = query_index - query_block * query_size
+    key_block = key_index.div(key_size, rounding_mode="floor")
+    key_slot = key_index - key_block * key_size
+    extent = torch.zeros(blocks, dtype=torch.long, device=q.device)
+    extent = extent.scatter_reduce(0, query_block, query_slot + 1, "amax")
+    extent = extent.scatter_reduce(0, key_block, key_slot + 1, "amax")
+    group = torch.ceil(torch.log2(extent.clamp_min(1).double())).long()  # extent in (2^(g-1), 2^g]
+    out = q.new_zeros(q.shape[0], d)
+    for g in torch.unique(group[query_block]).tolist():  # groups that hold queries (at most log2 S + 1)
+        members = group == g
+        size = 1 << g
+        rank = torch.cumsum(members.long(), 0) - 1  # a block's place among its group's blocks
+        count = int(members.sum())
+        rows_q = torch.nonzero(members[query_block], as_tuple=False).squeeze(1)
+        rows_k = torch.nonzero(members[key_block], as_tuple=False).squeeze(1)
+        q_at = rank[query_block[rows_q]] * size + query_slot[rows_q]
+        k_at = rank[key_block[rows_k]] * size + key_slot[rows_k]
+        grids = []
+        for rows, at, index_rows in ((q, q_at, rows_q), (k, k_at, rows_k), (v, k_at, rows_k)):
+            grid = rows.new_zeros(count * size, d).index_copy_(0, at, rows.index_select(0, index_rows))
+            grids.append(grid.view(count, size, num_heads, head_dim).transpose(1, 2))
+        qg, kg, vg = grids
+        allowed = key_valid[members][:, :size]
+        if allowed.shape[1] < size:
+            allowed = F.pad(allowed, (0, size - allowed.shape[1]), value=False)
+        if zero_key:
+            kg, vg = F.pad(kg, (0, 0, 0, 1)), F.pad(vg, (0, 0, 0, 1))
+            allowed = F.pad(allowed, (0, 1), value=True)
+        empty = ~allowed.any(dim=-1)
+        # A block without keys would softmax over nothing (NaN): it sees its zero slots, output zeroed below.
+        attended = F.scaled_dot_product_attention(
+            qg, kg, vg, attn_mask=(allowed | empty[:, None])[:, None, None, :], dropout_p=dropout_p
+        )
+        if bool(empty.any()):
+            attended = attended.masked_fill(empty[:, None, None, None], 0.0)
+        out = out.index_copy(0, rows_q, gather_heads(attended, q_at))
+    return out
+
+
+__all__ = ["STEP_BUCKET", "block_attention", "gather_heads", "length_bucketed_attention", "scatter_heads"]
