@@ -16,6 +16,7 @@ from merc.config import load_recipe
 from merc.data.batching import Batch, collate, to_tensors
 from merc.errors import ConfigError, DataError
 from merc.models import build_model
+from merc.models.layers.fast import use_fast_kernels
 from merc.models.registry import check_model_arguments
 from merc.models.rsm import RSM, RSMModalityEncoder, central_moment_discrepancy, orthogonality_loss
 from merc.training.trainer import TrainConfig, Trainer
@@ -387,3 +388,23 @@ def test_bad_options_fail_when_the_recipe_is_read() -> None:
         _rsm("ta", hidden_size=10, num_heads=4)
     with pytest.raises(ConfigError, match="even"):
         _rsm("ta", hidden_size=9, num_heads=3)
+
+
+@pytest.mark.parametrize("pooling", ["attention", "mean"])
+@pytest.mark.parametrize("use_self_attention", [True, False])
+def test_token_fast_path_equals_the_padded_path(pooling: str, use_self_attention: bool) -> None:
+    """Real tokens only + length-bucketed attention (fast) against the padded grid (plain): codes, logits, gradients."""
+    batch, _ = make_batch((1, 7, 3), "ta")
+    seq_batch = _with_sequences(batch, max_len=11)
+    results = {}
+    for fast in (False, True):
+        model = _rsm("ta", sequence_dims=SEQ_DIMS, token_pooling=pooling, use_self_attention=use_self_attention).train()
+        with use_fast_kernels(fast):
+            out = model(seq_batch)
+            (out.logits.square().sum() + sum(out.aux_losses.values())).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results[fast] = (out.logits.detach(), grads)
+    torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-4, atol=1e-5)
+    assert results[True][1].keys() == results[False][1].keys()
+    for name, grad in results[False][1].items():
+        torch.testing.assert_close(results[True][1][name], grad, rtol=1e-3, atol=1e-5, msg=name)

@@ -19,7 +19,9 @@ Pipeline (Figure 2, Section 3), for a batch with ``N`` real utterances, every mo
    ``Linear(d'_m, h)`` per token/frame, a Bi-GRU over each utterance's tokens (packed,
    so padding never enters), self-attention over the utterance's tokens (padded keys
    masked), dropout, then attention pooling over the real tokens to one vector per
-   utterance. An utterance with no tokens (length 0) has its vector
+   utterance (fast path, ``MERC_FAST_KERNELS`` on: the projection, attention and pooling
+   read the real tokens only, attention within utterances grouped by length; tested
+   against the padded path). An utterance with no tokens (length 0) has its vector
    ``Linear(d_m, h)(features)`` as its one token. A modality without sequences in the
    batch takes the context path.
 2. **Unimodal auxiliary loss** (Section 3.4, eq. 1-3): the base class's per-modality
@@ -131,8 +133,9 @@ from torch import Tensor, nn
 from merc.data.batching import Batch
 from merc.errors import ConfigError, DataError, resolve_choice
 from merc.models.base import MercModel
-from merc.models.layers.attention import block_attention
+from merc.models.layers.attention import block_attention, length_bucketed_attention
 from merc.models.layers.encoders import ModalityEncoder
+from merc.models.layers.fast import fast_kernels_enabled
 from merc.models.layers.precision import cpu_autocast_active
 from merc.models.layers.recurrent import ContextualRNN
 from merc.models.output import ModelOutput
@@ -250,6 +253,21 @@ class PackedMultiheadAttention(nn.Module):
         qkv = torch.cat([self.query(target), self.key(source), self.value(source)], dim=-1)
         return self.out(block_attention(qkv, index, allowed, self.num_heads))
 
+    def forward_bucketed(self, x: Tensor, index: Tensor, valid: Tensor) -> Tensor:
+        """Self-attention of packed rows ``x`` within blocks grouped by length (the token path's fast path).
+
+        The same attention as ``forward(x, x, index, valid[:, None, :])``, laid out per
+        group of similar length (:func:`merc.models.layers.attention.length_bucketed_attention`):
+        utterances' token counts vary 1-126 where one grid pays for the longest.
+
+        Shapes:
+            - x: ``[R, h]``; index: ``long [R]`` positions in the ``B x S`` grid of valid
+              (``bool [B, S]``, true at the rows)
+            - output: ``[R, h]``
+        """
+        q, k, v = self.query(x), self.key(x), self.value(x)
+        return self.out(length_bucketed_attention(q, index, valid.shape[1], k, v, index, valid, self.num_heads))
+
 
 # -- the unimodal encoder ----------------------------------------------------------------
 class RSMModalityEncoder(ModalityEncoder):
@@ -348,7 +366,16 @@ class RSMModalityEncoder(ModalityEncoder):
         sequences = sequences[:, :longest]
         if sequences.shape[1] < longest:
             sequences = F.pad(sequences, (0, 0, 0, longest - sequences.shape[1]))
-        tokens = self.token_projection(sequences)  # [N, L, h]
+        fast = fast_kernels_enabled()
+        if fast:
+            # Project the real tokens only (a MiniLM token grid is ~80% padding); the GRU packs anyway.
+            real = torch.arange(longest, device=sequences.device)[None, :] < lengths[:, None]
+            at = torch.nonzero(real.reshape(-1), as_tuple=False).squeeze(1)
+            projected = self.token_projection(sequences.reshape(n * longest, -1).index_select(0, at))
+            tokens = projected.new_zeros(n * longest, projected.shape[-1]).index_copy(0, at, projected)
+            tokens = tokens.view(n, longest, -1)
+        else:
+            tokens = self.token_projection(sequences)  # [N, L, h]
         empty = lengths == 0
         if bool(empty.any()):
             utterance = self.input_projection(batch.flatten(batch.features[self.modality]))  # [N, h]
@@ -358,7 +385,22 @@ class RSMModalityEncoder(ModalityEncoder):
         h = self.token_rnn(tokens, lengths)  # [N, L, h], zero past each length
         valid = torch.arange(longest, device=h.device)[None, :] < lengths[:, None]  # [N, L]
         index = torch.nonzero(valid.reshape(-1), as_tuple=False).squeeze(1)
-        rows = self._attend(self.token_attention, h.reshape(n * longest, -1)[index], index, valid[:, None, :])
+        rows = h.reshape(n * longest, -1)[index]
+        if fast:
+            # Attention within utterances grouped by length, pooling over the real rows only.
+            if self.token_attention is not None:
+                attended = self.token_attention.forward_bucketed(rows, index, valid)
+                rows = rows + attended if self.self_attention_residual else attended
+            rows = F.dropout(rows, self.dropout, self.training)
+            utterance = index.div(longest, rounding_mode="floor")
+            if self.token_score is not None:
+                scores = self.token_score(rows).squeeze(-1).float()
+                grid_scores = scores.new_full((n * longest,), float("-inf")).index_copy(0, index, scores)
+                weights = torch.softmax(grid_scores.view(n, longest), dim=1).view(-1)[index].to(rows.dtype)
+            else:
+                weights = (1.0 / lengths.to(rows.dtype))[utterance]
+            return rows.new_zeros(n, rows.shape[-1]).index_add(0, utterance, rows * weights[:, None])
+        rows = self._attend(self.token_attention, rows, index, valid[:, None, :])
         grid = rows.new_zeros(n * longest, rows.shape[-1]).index_copy(0, index, rows).view(n, longest, -1)
         if self.token_score is not None:
             scores = self.token_score(grid).squeeze(-1).masked_fill(~valid, float("-inf"))
