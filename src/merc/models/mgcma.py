@@ -124,7 +124,7 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -542,13 +542,16 @@ class TokenAlignmentBlock(nn.Module):
         Shapes:
             - output: ``{m: [T_m, h]}``, equal to :meth:`forward`'s real tokens
         """
-        own = {m: self.self_attention[m].forward_packed(rows[m], index[m], valid[m]) for m in self.modalities}
+        own = {
+            m: cast(CrossModalLayer, self.self_attention[m]).forward_packed(rows[m], index[m], valid[m])
+            for m in self.modalities
+        }
         if len(self.modalities) < 2:
             return own
         out = {}
         for target in self.modalities:
             crossed = [
-                self.cross_attention[target + s].forward_packed(
+                cast(CrossModalLayer, self.cross_attention[target + s]).forward_packed(
                     own[target], index[target], valid[target], own[s], index[s], valid[s]
                 )
                 for s in self.modalities
@@ -794,7 +797,7 @@ class MGCMA(MercModel):
             index = {m: torch.nonzero(v.reshape(-1), as_tuple=False).squeeze(1) for m, v in valid.items()}
             rows = {m: x.reshape(-1, x.shape[-1]).index_select(0, index[m]) for m, x in tokens.items()}
             for block in self.token_alignment:
-                rows = block.forward_packed(rows, index, valid)
+                rows = cast(TokenAlignmentBlock, block).forward_packed(rows, index, valid)
             pooled = {
                 m: pool_token_rows(self.token_norms[m](rows[m]), index[m], valid[m], self.pooling)
                 for m in self.modalities
