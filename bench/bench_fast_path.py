@@ -27,35 +27,33 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from merc.data.batching import collate, to_tensors
-from merc.models.layers.fast import use_fast_kernels
-from merc.training.runner import model_for, prepare_dataset, resolve_recipe
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from profile_epoch import add_run_arguments, load_run  # noqa: E402
+
+from merc.data.batching import collate  # noqa: E402
+from merc.models.layers.fast import use_fast_kernels  # noqa: E402
+from merc.training.runner import model_for  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "fast_path.json"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--modalities", default="t")
+    add_run_arguments(parser)
     parser.add_argument("--batches", type=int, default=2, help="first N training batches of the recipe's size")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("overrides", nargs="*", help="recipe overrides section.key=value")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    recipe = resolve_recipe(args.model, args.dataset, args.overrides)
-    data = prepare_dataset(args.dataset, args.modalities, recipe, show_progress=False)
-    tensors = to_tensors(data)
+    recipe, data, tensors = load_run(args)
     size = int(recipe["training"]["batch_size"])
     batches = [collate(tensors["train"][i * size : (i + 1) * size], data.modalities) for i in range(args.batches)]
     torch.manual_seed(0)

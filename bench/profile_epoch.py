@@ -20,6 +20,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -28,24 +29,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_baselines as bb  # noqa: E402
 
 from merc.data.batching import to_tensors  # noqa: E402
+from merc.data.schema import MercDataset  # noqa: E402
 from merc.training.runner import prepare_dataset, resolve_recipe  # noqa: E402
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments that name a training setting: model, dataset, modalities, threads, overrides."""
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--modalities", default="t")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("overrides", nargs="*", help="recipe overrides section.key=value")
+
+
+def load_run(args: argparse.Namespace) -> tuple[dict[str, Any], MercDataset, dict[str, Any]]:
+    """``(recipe, dataset, tensors)`` as ``merc train`` prepares them for ``add_run_arguments``' values."""
+    recipe = resolve_recipe(args.model, args.dataset, args.overrides)
+    data = prepare_dataset(args.dataset, args.modalities, recipe, show_progress=False)
+    return recipe, data, to_tensors(data)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--modalities", default="t")
+    add_run_arguments(parser)
     parser.add_argument("--dialogues", type=int, default=0, help="first N training dialogues only (0: all)")
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rows", type=int, default=20, help="operators listed")
     parser.add_argument("--no-warmup", action="store_true", help="profile the first epoch")
-    parser.add_argument("overrides", nargs="*", help="recipe overrides section.key=value")
     args = parser.parse_args()
 
-    recipe = resolve_recipe(args.model, args.dataset, args.overrides)
-    data = prepare_dataset(args.dataset, args.modalities, recipe, show_progress=False)
-    tensors = to_tensors(data)
+    recipe, data, tensors = load_run(args)
     if args.dialogues:
         tensors["train"] = tensors["train"][: args.dialogues]
     trainer = bb.build_merc(args.model, data, tensors, recipe, seed=0, threads=args.threads)
