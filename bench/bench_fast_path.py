@@ -78,11 +78,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 times["fast" if fast else "plain"].append(step())
     fast_s, plain_s = statistics.median(times["fast"]), statistics.median(times["plain"])
     tokens = {m: int(sum(int(b.sequence_lengths[m].sum()) for b in batches)) for m in batches[0].sequence_lengths}
+    # How much of a padded [N, L] grid is real: what a packed fast path saves.
+    real_share = {
+        m: round(tokens[m] / sum(b.num_utterances * int(b.sequence_lengths[m].max()) for b in batches), 3)
+        for m in tokens
+    }
+    lengths = {m: torch.cat([item.sequence_lengths[m] for item in tensors["train"]]).float() for m in tokens}
+    length_stats = {
+        m: {"median": float(v.median()), "max": int(v.max()), "mean": round(float(v.mean()), 2)}
+        for m, v in lengths.items()
+    }
     record = {
         "batches": args.batches,
         "dialogues": sum(b.batch_size for b in batches),
         "utterances": sum(b.num_utterances for b in batches),
         "sequence_rows": tokens,
+        "sequence_real_share_of_padded_grid": real_share,
+        "train_sequence_lengths": length_stats,
         "threads": args.threads,
         "overrides": args.overrides,
         "fast_seconds": times["fast"],
@@ -95,7 +107,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     print(
         f"{args.model} {args.dataset} {args.modalities}: {record['dialogues']} dialogues, fast {fast_s:.2f} s, "
-        f"plain {plain_s:.2f} s per step ({record['speedup']}x); load {record['load_average']:.1f}"
+        f"plain {plain_s:.2f} s per step ({record['speedup']}x); load {record['load_average']:.1f}; "
+        f"real share of the padded sequence grid {real_share}, training lengths {length_stats}"
     )
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     results.setdefault(args.model, {}).setdefault(args.dataset, {})[args.modalities] = record

@@ -109,8 +109,9 @@ The DAM loss reads the hooked means.
 
 Speed (fast path behind :mod:`merc.models.layers.fast`, ``MERC_FAST_KERNELS=0`` for the
 plain one; ``tests/models/test_mgcma.py`` checks that both give the same logits, losses
-and gradients): MiniLM tokens of IEMOCAP utterances are 21% of a padded ``[N, L]`` grid
-(median 15 tokens, longest 126), so the fast path projects only the real tokens, runs the
+and gradients): MiniLM tokens of IEMOCAP-6 training utterances number 15 at the median
+and 109 at most, so a padded ``[N, L]`` batch grid is mostly padding (16% real in the
+first ``iemocap6-synthav@ta`` batch, ``bench/bench_fast_path.py``); the fast path projects only the real tokens, runs the
 TAM's LayerNorms, projections and FFNs on them
 (:meth:`~merc.models.layers.crossmodal.CrossModalLayer.forward_packed`) and attends
 within utterances grouped by length
@@ -133,7 +134,7 @@ from torch import Tensor, nn
 from merc.data.batching import Batch
 from merc.errors import ConfigError, DataError
 from merc.models.base import MercModel
-from merc.models.layers.attention import length_bucketed_attention
+from merc.models.layers.attention import length_bucketed_attention, rows_to_grid
 from merc.models.layers.crossmodal import CrossModalLayer
 from merc.models.layers.dropout import dropout
 from merc.models.layers.fast import fast_kernels_enabled
@@ -358,18 +359,12 @@ class DistributionConstructor(nn.Module):
         log_sigma = None
         if self.log_sigma_proj is not None and self.log_sigma_norm is not None and self.log_sigma_mlp is not None:
             log_sigma = dropout(self.log_sigma_proj(sigma_half), p, self.training)
-            log_sigma = _scatter_rows(log_sigma + self.log_sigma_mlp(self.log_sigma_norm(log_sigma)), index, n, length)
-        return _scatter_rows(mean, index, n, length), log_sigma
+            log_sigma = rows_to_grid(log_sigma + self.log_sigma_mlp(self.log_sigma_norm(log_sigma)), index, n, length)
+        return rows_to_grid(mean, index, n, length), log_sigma
 
 
 def _mlp(size: int, hidden: int, p: float) -> nn.Sequential:
     return nn.Sequential(nn.Linear(size, hidden), nn.GELU(), nn.Dropout(p), nn.Linear(hidden, size), nn.Dropout(p))
-
-
-def _scatter_rows(rows: Tensor, index: Tensor, n: int, length: int) -> Tensor:
-    """``[T, h]`` rows at ``index`` of the ``N x L`` grid -> ``[N, L, h]``, zero elsewhere."""
-    grid = rows.new_zeros(n * length, rows.shape[-1]).index_copy(0, index, rows)
-    return grid.view(n, length, rows.shape[-1])
 
 
 class ModalityTokenEncoder(nn.Module):
@@ -413,7 +408,7 @@ class ModalityTokenEncoder(nn.Module):
             # Project the real tokens only; padding stays zero (it is masked everywhere after).
             index = torch.nonzero(valid.reshape(-1), as_tuple=False).squeeze(1)
             rows = self.sequence_proj(sequences.reshape(-1, sequences.shape[-1]).index_select(0, index))
-            tokens = _scatter_rows(rows, index, *valid.shape)
+            tokens = rows_to_grid(rows, index, *valid.shape)
         else:
             tokens = self.sequence_proj(sequences)  # [N, L', h]
         empty = lengths == 0
@@ -792,7 +787,7 @@ class MGCMA(MercModel):
             for m, s in states.items()
         }
         if self.use_token_alignment and fast_kernels_enabled():
-            # Fast path: the TAM on the real tokens only (padding is ~80% of a MiniLM token grid).
+            # Fast path: the TAM on the real tokens only (a MiniLM token grid is mostly padding).
             valid = {m: s.valid for m, s in states.items()}
             index = {m: torch.nonzero(v.reshape(-1), as_tuple=False).squeeze(1) for m, v in valid.items()}
             rows = {m: x.reshape(-1, x.shape[-1]).index_select(0, index[m]) for m, x in tokens.items()}

@@ -133,7 +133,7 @@ from torch import Tensor, nn
 from merc.data.batching import Batch
 from merc.errors import ConfigError, DataError, resolve_choice
 from merc.models.base import MercModel
-from merc.models.layers.attention import block_attention, length_bucketed_attention
+from merc.models.layers.attention import block_attention, length_bucketed_attention, rows_to_grid
 from merc.models.layers.encoders import ModalityEncoder
 from merc.models.layers.fast import fast_kernels_enabled
 from merc.models.layers.precision import cpu_autocast_active
@@ -258,7 +258,8 @@ class PackedMultiheadAttention(nn.Module):
 
         The same attention as ``forward(x, x, index, valid[:, None, :])``, laid out per
         group of similar length (:func:`merc.models.layers.attention.length_bucketed_attention`):
-        utterances' token counts vary 1-126 where one grid pays for the longest.
+        utterances' token counts vary widely (IEMOCAP-4 training: median 14, longest 109) where
+        one grid pays for the longest.
 
         Shapes:
             - x: ``[R, h]``; index: ``long [R]`` positions in the ``B x S`` grid of valid
@@ -368,12 +369,11 @@ class RSMModalityEncoder(ModalityEncoder):
             sequences = F.pad(sequences, (0, 0, 0, longest - sequences.shape[1]))
         fast = fast_kernels_enabled()
         if fast:
-            # Project the real tokens only (a MiniLM token grid is ~80% padding); the GRU packs anyway.
+            # Project the real tokens only (a MiniLM token grid is mostly padding); the GRU packs anyway.
             real = torch.arange(longest, device=sequences.device)[None, :] < lengths[:, None]
             at = torch.nonzero(real.reshape(-1), as_tuple=False).squeeze(1)
             projected = self.token_projection(sequences.reshape(n * longest, -1).index_select(0, at))
-            tokens = projected.new_zeros(n * longest, projected.shape[-1]).index_copy(0, at, projected)
-            tokens = tokens.view(n, longest, -1)
+            tokens = rows_to_grid(projected, at, n, longest)
         else:
             tokens = self.token_projection(sequences)  # [N, L, h]
         empty = lengths == 0
@@ -401,7 +401,7 @@ class RSMModalityEncoder(ModalityEncoder):
                 weights = (1.0 / lengths.to(rows.dtype))[utterance]
             return rows.new_zeros(n, rows.shape[-1]).index_add(0, utterance, rows * weights[:, None])
         rows = self._attend(self.token_attention, rows, index, valid[:, None, :])
-        grid = rows.new_zeros(n * longest, rows.shape[-1]).index_copy(0, index, rows).view(n, longest, -1)
+        grid = rows_to_grid(rows, index, n, longest)
         if self.token_score is not None:
             scores = self.token_score(grid).squeeze(-1).masked_fill(~valid, float("-inf"))
             weights = torch.softmax(scores.float(), dim=1).to(grid.dtype)

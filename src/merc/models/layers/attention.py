@@ -42,6 +42,25 @@ from merc.models.layers.precision import cpu_autocast_active
 STEP_BUCKET = 16
 
 
+def rows_to_grid(rows: Tensor, index: Tensor, num_blocks: int, size: int) -> Tensor:
+    """Packed rows laid out in their blocks: ``[N, d]`` rows at ``index`` of the ``B x S`` grid -> ``[B, S, d]``.
+
+    Positions no row fills are zero. In place into the zero grid: the out-of-place
+    ``index_copy`` would clone it first.
+
+    >>> rows_to_grid(torch.tensor([[1.0], [2.0], [3.0]]), torch.tensor([0, 1, 3]), 2, 2)[..., 0].tolist()
+    [[1.0, 2.0], [0.0, 3.0]]
+    """
+    grid = rows.new_zeros(num_blocks * size, rows.shape[-1]).index_copy_(0, index, rows)
+    return grid.view(num_blocks, size, rows.shape[-1])
+
+
+def _head_grid(rows: Tensor, index: Tensor, num_blocks: int, size: int, num_heads: int) -> Tensor:
+    """:func:`rows_to_grid` viewed per head: ``[B, H, S, d / H]`` (no copy)."""
+    d = rows.shape[-1]
+    return rows_to_grid(rows, index, num_blocks, size).view(num_blocks, size, num_heads, d // num_heads).transpose(1, 2)
+
+
 def scatter_heads(qkv: Tensor, index: Tensor, num_blocks: int, size: int, num_heads: int) -> list[Tensor]:
     """Queries, keys and values of packed rows laid out as padded per-head grids.
 
@@ -60,13 +79,7 @@ def scatter_heads(qkv: Tensor, index: Tensor, num_blocks: int, size: int, num_he
     them out. Any time saved is within noise (``bench/bench_cpu_kernels.py`` times both
     layouts, results in ``bench/results/``); the three grids stay as the simpler code.
     """
-    grids = []
-    for part in qkv.chunk(3, dim=1):
-        d = part.shape[1]
-        # In place into the zero grid: the out-of-place index_copy would clone it first.
-        grid = part.new_zeros(num_blocks * size, d).index_copy_(0, index, part)
-        grids.append(grid.view(num_blocks, size, num_heads, d // num_heads).transpose(1, 2))
-    return grids
+    return [_head_grid(part, index, num_blocks, size, num_heads) for part in qkv.chunk(3, dim=1)]
 
 
 def gather_heads(out: Tensor, index: Tensor) -> Tensor:
@@ -177,7 +190,7 @@ def length_bucketed_attention(
     its own longest size: blocks whose extent (last filled query or key slot + 1) falls
     in ``(2^(j-1), 2^j]`` form group ``j``. Attention costs ``B * S^2`` on one grid; here
     every block pays at most 4 times its own ``S_b^2``. With utterance tokens
-    (MiniLM on IEMOCAP: median 15, longest 126 per utterance) one grid is mostly padding;
+    (MiniLM on IEMOCAP-6 training utterances: median 15, longest 109) one grid is mostly padding;
     a loop over the ``log2(S)`` groups (at most 8 below 256 slots) is not.
 
     Args:
@@ -198,7 +211,6 @@ def length_bucketed_attention(
     """
     blocks, key_size = key_valid.shape
     d = q.shape[1]
-    head_dim = d // num_heads
     query_block = query_index.div(query_size, rounding_mode="floor")
     query_slot = query_index - query_block * query_size
     key_block = key_index.div(key_size, rounding_mode="floor")
@@ -217,11 +229,10 @@ def length_bucketed_attention(
         rows_k = torch.nonzero(members[key_block], as_tuple=False).squeeze(1)
         q_at = rank[query_block[rows_q]] * size + query_slot[rows_q]
         k_at = rank[key_block[rows_k]] * size + key_slot[rows_k]
-        grids = []
-        for rows, at, index_rows in ((q, q_at, rows_q), (k, k_at, rows_k), (v, k_at, rows_k)):
-            grid = rows.new_zeros(count * size, d).index_copy_(0, at, rows.index_select(0, index_rows))
-            grids.append(grid.view(count, size, num_heads, head_dim).transpose(1, 2))
-        qg, kg, vg = grids
+        qg, kg, vg = (
+            _head_grid(rows.index_select(0, index_rows), at, count, size, num_heads)
+            for rows, at, index_rows in ((q, q_at, rows_q), (k, k_at, rows_k), (v, k_at, rows_k))
+        )
         allowed = key_valid[members][:, :size]
         if allowed.shape[1] < size:
             allowed = F.pad(allowed, (0, size - allowed.shape[1]), value=False)
@@ -239,4 +250,11 @@ def length_bucketed_attention(
     return out
 
 
-__all__ = ["STEP_BUCKET", "block_attention", "gather_heads", "length_bucketed_attention", "scatter_heads"]
+__all__ = [
+    "STEP_BUCKET",
+    "block_attention",
+    "gather_heads",
+    "length_bucketed_attention",
+    "rows_to_grid",
+    "scatter_heads",
+]

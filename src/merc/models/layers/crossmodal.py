@@ -22,8 +22,8 @@ stack. Without a source (``cross=False``) the block is an ordinary pre-LN self-a
 transformer (MulT's "memory" transformer over the concatenated cross-modal outputs).
 
 Packed sequences (:meth:`CrossModalLayer.forward_packed`): a model whose sequences are
-mostly padding (MiniLM tokens of IEMOCAP utterances: 21% of a 400-utterance padded grid
-are real tokens) runs the projections, LayerNorms and the FFN on the real rows only, and
+mostly padding (MiniLM tokens of IEMOCAP utterances: 16% of the first
+``iemocap6-synthav@ta`` training batch's padded grid, ``bench/bench_fast_path.py``) runs the projections, LayerNorms and the FFN on the real rows only, and
 lays out queries, keys and values as padded per-head grids for the attention products
 alone (:func:`packed_multihead_attention`). The same parameters, the same outputs at the
 real positions (tested against :meth:`CrossModalLayer.forward`); blocks are grouped by
