@@ -215,6 +215,44 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_root(p)
 
     p = sub.add_parser(
+        "tune",
+        help="search recipe values on validation (Optuna), then train the best over the seeds and test once",
+        description=(
+            "Hyper-parameter search (merc.training.tuning): each trial trains the recipe with sampled values "
+            "(--param KEY=LOW:HIGH[:log] or KEY=A,B,...; or a preset of configs/tune/, --space spcl) for the "
+            "trial seeds and scores its best validation value; no trial touches the test split. The best "
+            "values then make one ordinary run into OUT/best over --seeds, tested once. OUT/tune.json and "
+            "OUT/tune.png hold every trial; repeating the command continues an interrupted search."
+        ),
+    )
+    p.add_argument("--model", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--modalities", default="t", help="letters of t, a, v, e.g. tav")
+    p.add_argument("--out", required=True, help="search folder (continued if it holds this same search)")
+    p.add_argument("--space", default=None, help="a search preset: configs/tune/<name>.yaml (e.g. spcl) or a file")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=SPEC",
+        help="a searched value: KEY=LOW:HIGH (int if both are integers), KEY=LOW:HIGH:log, or KEY=A,B,... "
+        "(repeatable; added to --space)",
+    )
+    p.add_argument("--trials", type=int, default=20, help="completed trials wanted (default 20)")
+    p.add_argument("--trial-seeds", type=_seeds, default=[0], help="seeds each trial trains (default 0)")
+    p.add_argument(
+        "--seeds", type=_seeds, default=[0, 1, 2], help="seeds of the final run with the best values (default 0,1,2)"
+    )
+    p.add_argument("--no-final", action="store_true", help="search only; no final run")
+    p.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE sampler (default 0)")
+    p.add_argument("--config", default=None, help="recipe YAML instead of configs/<model>/<dataset>.yaml")
+    p.add_argument("--device", default=None)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_plugin_switches(p)
+    _add_data_root(p)
+    p.add_argument("overrides", nargs="*", help="recipe overrides of every trial and the final run")
+
+    p = sub.add_parser(
         "report",
         help="one self-contained HTML page (no network) of finished runs: table, per-class F1, confusion, curves",
     )
@@ -338,6 +376,41 @@ def cmd_imbalance(args: argparse.Namespace) -> int:
     )
     print(alone_markdown(report), end="")
     print(f"written: {Path(args.run_dir) / REPORT_STEM}.json, .md, .png")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from merc.training.tuning import SearchParameter, load_preset, tune
+
+    params, preset_overrides = load_preset(args.space) if args.space else ([], [])
+    params += [SearchParameter.parse(text) for text in args.param]
+    summary = tune(
+        args.model,
+        args.dataset,
+        args.modalities,
+        args.out,
+        params,
+        trials=args.trials,
+        trial_seeds=args.trial_seeds,
+        final_seeds=[] if args.no_final else args.seeds,
+        overrides=preset_overrides + plugin_overrides(args) + list(args.overrides),
+        recipe_path=args.config,
+        data_root=args.data_root,
+        device=args.device,
+        sampler_seed=args.sampler_seed,
+        show_progress=not args.quiet,
+    )
+    best = summary["best"]
+    shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
+    print(f"best of {len(summary['trials'])} trials: {shown} (valid {best['valid']:.2f}; trial {best['number']})")
+    if "final" in summary:
+        test = summary["final"]["test"]
+        print(
+            f"final run {Path(args.out) / 'best'}, seeds {summary['final']['seeds']}: test weighted F1 "
+            f"{test['weighted_f1']['mean']:.2f} ± {test['weighted_f1']['std']:.2f}, accuracy "
+            f"{test['accuracy']['mean']:.2f} ± {test['accuracy']['std']:.2f}"
+        )
+    print(f"search: {Path(args.out) / 'tune.json'}, {Path(args.out) / 'tune.png'}")
     return 0
 
 
@@ -748,6 +821,7 @@ def cmd_robustness(args: argparse.Namespace) -> int:
 COMMANDS = {
     "robustness": cmd_robustness,
     "imbalance": cmd_imbalance,
+    "tune": cmd_tune,
     "report": cmd_report,
     "train": cmd_train,
     "evaluate": cmd_evaluate,

@@ -181,17 +181,23 @@ def resolve_recipe(
     return recipe
 
 
-def train_one_seed(
+def fit_seed(
     dataset: MercDataset,
     tensors: dict[str, list[ConversationTensors]],
     model_name: str,
     recipe: dict[str, Any],
     seed: int,
-    seed_dir: Path | None,
+    seed_dir: Path | None = None,
     device: str | None = None,
     show_progress: bool = True,
-) -> dict[str, Any]:
-    """Train, select on validation, test once; return this seed's metrics."""
+) -> tuple[Trainer, dict[str, Any]]:
+    """Build ``model_name`` and its plug-ins from ``recipe`` and train one seed, selecting on
+    validation (:meth:`Trainer.fit`); the test split is not touched.
+
+    Returns:
+        The trainer (``best_score``, ``best_epoch``, ``history``; :meth:`Trainer.load_best`
+        restores the selected weights) and what ``fit`` returned.
+    """
     train_cfg = dict(recipe.get("training", {}))
     train_cfg["seed"] = seed
     train_cfg.setdefault("show_progress", show_progress)
@@ -201,7 +207,6 @@ def train_one_seed(
     seed_everything(seed)
     model = model_for(dataset, model_name, dict(recipe.get("model", {})))
     plugins = build_plugins(recipe, dataset)
-    start = time.perf_counter()
     trainer = Trainer(
         model,
         tensors,
@@ -213,7 +218,22 @@ def train_one_seed(
         label_names=dataset.label_names,
         class_weights=class_weights(dataset),
     )
-    fit = trainer.fit()
+    return trainer, trainer.fit()
+
+
+def train_one_seed(
+    dataset: MercDataset,
+    tensors: dict[str, list[ConversationTensors]],
+    model_name: str,
+    recipe: dict[str, Any],
+    seed: int,
+    seed_dir: Path | None,
+    device: str | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Train, select on validation, test once; return this seed's metrics."""
+    start = time.perf_counter()
+    trainer, fit = fit_seed(dataset, tensors, model_name, recipe, seed, seed_dir, device, show_progress)
     trainer.load_best()
     # The selected weights' unimodal scores come with the same passes (models with
     # unimodal logits): what each modality's own head achieves inside the joint model.
@@ -228,7 +248,7 @@ def train_one_seed(
         # This run's wall time plus the epochs an earlier, interrupted run trained.
         "seconds": time.perf_counter() - start + sum(trainer.epoch_seconds[: trainer.resumed_at_epoch]),
         "resumed_at_epoch": trainer.resumed_at_epoch,
-        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "num_parameters": sum(p.numel() for p in trainer.model.parameters()),
     }
     if seed_dir is not None:
         _write_json(trainer.history, seed_dir / "history.json")
@@ -331,9 +351,10 @@ def check_seeds(seeds: Sequence[Any], what: str = "--seeds") -> list[int]:
     return out
 
 
-def _load_raw(
+def load_run_data(
     dataset: str | MercDataset, mods: Sequence[str], data_root: str | Path | None, show_progress: bool
 ) -> MercDataset:
+    """A registered dataset (or path) loaded with ``mods``, or a loaded one restricted to them."""
     if isinstance(dataset, str):
         return load_dataset(dataset, modalities=mods, data_root=data_root, show_progress=show_progress)
     return dataset.with_modalities(mods)
@@ -534,7 +555,7 @@ def _run(
     show_progress: bool,
     stored: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    raw = _load_raw(dataset, mods, data_root, show_progress)
+    raw = load_run_data(dataset, mods, data_root, show_progress)
     check_trainable(raw, options)
     recipe["data"]["dataset"] = raw.name
     stats = training_statistics(raw) if options.standardize else None
@@ -654,7 +675,7 @@ def _run_loso(
     dialogues, and the held-out session is scored once with the selected weights.
     """
     protocol = _protocol_of(recipe)
-    raw = _load_raw(dataset, mods, data_root, show_progress)
+    raw = load_run_data(dataset, mods, data_root, show_progress)
     folds = session_folds(raw, protocol["valid_share"], protocol["split_seed"])
     fold_raws = [fold_dataset(raw, fold) for fold in folds]
     for fold_raw in fold_raws:
@@ -962,7 +983,7 @@ def recorded_inputs(
     info = run_info(run, recipe)
     options = DataOptions.from_recipe(recipe)
     log.warning("%s was trained before merc recorded its inputs: rebuilding them from its training data", run)
-    raw = _load_raw(info["dataset_arg"], parse_modalities(info["modalities"]), data_root, True)
+    raw = load_run_data(info["dataset_arg"], parse_modalities(info["modalities"]), data_root, True)
     stored = read_fingerprint(run)
     if stored is not None:
         diffs = fingerprint_differences(
@@ -1015,7 +1036,7 @@ def evaluate_run(run_dir: str | Path, data_root: str | Path | None = None, devic
     stored = read_fingerprint(run)
     mods = parse_modalities(info["modalities"])
     with RunLock(run):
-        raw = _load_raw(info["dataset_arg"], mods, data_root, False)
+        raw = load_run_data(info["dataset_arg"], mods, data_root, False)
         check_trainable(raw, options)
         if stored is None:
             log.warning(
