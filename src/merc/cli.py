@@ -399,6 +399,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         device=args.device,
         sampler_seed=args.sampler_seed,
         show_progress=not args.quiet,
+        report=lambda line: print(line, flush=True),
     )
     best = summary["best"]
     shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())

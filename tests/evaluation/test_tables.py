@@ -82,6 +82,24 @@ def test_balance_table_layout_and_marks(tmp_path) -> None:
     assert len(late) == 1 and "51.00 ± 0.50" in late[0]  # its own backbone, not mmgcn's base
 
 
+def test_the_final_run_of_a_search_is_its_own_tuned_row(tmp_path) -> None:
+    base = _run(tmp_path, "base-tav", "mmgcn", "tav", [60.0, 60.5, 61.0], {})
+    spcl = _run(tmp_path, "spcl-tav", "mmgcn", "tav", [59.0, 60.0, 61.0], {"spcl": {"enabled": True}})
+    search = tmp_path / "tune-spcl"
+    search.mkdir()
+    (search / "tune.json").write_text("{}")  # what merc tune writes beside its final run best/
+    tuned = _run(search, "best", "mmgcn", "tav", [61.0, 61.6, 62.2], {"spcl": {"enabled": True, "epsilon": 0.3}})
+    rows = {
+        line.split("|")[2].strip(): line
+        for line in balance_table([base, spcl, tuned], SECTIONS).splitlines()
+        if line.startswith("| mmgcn |")
+    }
+    assert list(rows) == ["base", "+spcl", "+spcl (tuned)"]
+    assert "61.60 ± 0.50 ↑*" in rows["+spcl (tuned)"]  # its own row, not merged with +spcl
+    (search / "tune.json").unlink()
+    assert "(tuned)" not in balance_table([base, spcl, tuned], SECTIONS)  # a folder named best alone is not
+
+
 def test_ablation_verdict_follows_sign_and_significance() -> None:
     assert ablation_verdict(-2.0, 0.01, "down") == "confirmed"
     assert ablation_verdict(-2.0, 0.30, "down") == "same direction, n.s."

@@ -33,7 +33,10 @@ pytest.importorskip("optuna")
             "spcl.regularizer=hard,linear,logistic",
             SearchParameter("spcl.regularizer", "categorical", choices=("hard", "linear", "logistic")),
         ),
-        ("model.bidirectional=true,false", SearchParameter("model.bidirectional", "categorical", choices=(True, False))),
+        (
+            "model.bidirectional=true,false",
+            SearchParameter("model.bidirectional", "categorical", choices=(True, False)),
+        ),
     ],
 )
 def test_parameters_parse_and_describe_themselves(text: str, expected: SearchParameter) -> None:
@@ -225,6 +228,7 @@ def test_the_command_line_runs_a_preset_search(tmp_path, capsys) -> None:
     )
     assert code == 0
     printed = capsys.readouterr().out
+    assert printed.count("-> valid weighted_f1") == 2
     assert "best of 2 trials: spcl.epsilon=" in printed and "final run" in printed
     summary = json.loads((out / "tune.json").read_text())
     assert summary["overrides"][0] == "spcl.enabled=true"

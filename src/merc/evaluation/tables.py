@@ -64,13 +64,24 @@ def _load(run: Path, method_sections: Sequence[str]) -> dict[str, Any] | None:
         "model": results["model"] + (f" ({fusion})" if fusion == "late" else "") + (" (loso)" if loso else ""),
         "dataset": results["dataset"],
         "modalities": results["modalities"],
-        "method": run_method(config or {}, method_sections),
+        "method": run_method(config or {}, method_sections) + (" (tuned)" if is_tuned_run(run) else ""),
         "seeds": list(results.get("seeds") or []),
         "test": results["test"],
         # What the paired test pairs by seed: a loso run's per-seed means over its folds.
         "paired": results["seed_means"]["test"] if loso else results["test"],
         "run": str(run),
     }
+
+
+#: ``merc tune`` writes its search summary here and its final run into ``TUNED_RUN``.
+TUNE_SUMMARY = "tune.json"
+TUNED_RUN = "best"
+
+
+def is_tuned_run(run: Path) -> bool:
+    """Whether ``run`` is the final run of a ``merc tune`` search (its values searched on
+    validation): the balance table labels its method ``+X (tuned)``."""
+    return run.name == TUNED_RUN and (run.parent / TUNE_SUMMARY).is_file()
 
 
 def is_loso(results: Mapping[str, Any]) -> bool:

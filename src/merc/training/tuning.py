@@ -31,7 +31,7 @@ import logging
 import re
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +40,7 @@ import yaml
 
 from merc.config import configs_dir
 from merc.errors import ConfigError, RunFolderError
+from merc.evaluation.tables import TUNE_SUMMARY, TUNED_RUN
 
 if TYPE_CHECKING:
     import optuna
@@ -50,9 +51,9 @@ log = logging.getLogger(__name__)
 
 STUDY_FILE = "study.journal"
 SPEC_FILE = "tune_spec.json"
-SUMMARY_FILE = "tune.json"
+SUMMARY_FILE = TUNE_SUMMARY
 PLOT_FILE = "tune.png"
-FINAL_RUN = "best"
+FINAL_RUN = TUNED_RUN
 STUDY_NAME = "merc-tune"
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
@@ -109,8 +110,7 @@ class SearchParameter:
         choices = tuple(yaml.safe_load(c.strip()) for c in spec.split(","))
         if len(choices) < 2 or len(set(map(repr, choices))) != len(choices):
             raise ConfigError(
-                f"search parameter {text!r}: expected LOW:HIGH[:log] (numbers) or two or more distinct "
-                "choices A,B,..."
+                f"search parameter {text!r}: expected LOW:HIGH[:log] (numbers) or two or more distinct choices A,B,..."
             )
         return cls(key, "categorical", choices=choices)
 
@@ -195,6 +195,7 @@ def tune(
     device: str | None = None,
     sampler_seed: int = 0,
     show_progress: bool = True,
+    report: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Search ``params`` on validation, then train the best values over ``final_seeds``.
 
@@ -208,6 +209,8 @@ def tune(
         final_seeds: Seeds of the final run with the best values (empty: no final run).
         overrides: Recipe overrides of every trial and of the final run.
         sampler_seed: Seed of the TPE sampler (the search is reproducible given it).
+        show_progress: Progress bars while training.
+        report: Called with one line per finished trial (``merc tune`` prints them).
 
     Returns:
         The ``tune.json`` content.
@@ -284,8 +287,8 @@ def tune(
             for key, value in record.items():
                 trial.set_user_attr(key, value)
             study.tell(trial, score)
-            if show_progress:
-                print(f"trial {trial.number}: {shown} -> valid {selection_metric} {score:.2f}", flush=True)
+            if report is not None:
+                report(f"trial {trial.number}: {shown} -> valid {selection_metric} {score:.2f}")
         summary = summarise_study(study, params, selection_metric, spec)
         atomic_write_json(out / SUMMARY_FILE, summary)
         plot_study(summary, out / PLOT_FILE)
