@@ -134,8 +134,7 @@ def test_a_search_selects_on_validation_and_tests_only_the_final_run(tmp_path, m
     assert summary["final"]["test"]["weighted_f1"]["per_seed"]
     # A trial's score is what fit_seed selects for that seed: rerun one and compare.
     recipe = runner.resolve_recipe("bclstm", "synthetic", [*CHEAP, *as_overrides(best["params"])])
-    data = runner.load_run_data(tiny(), "ta", None, False)
-    data = runner.standardize_features(data, statistics=runner.training_statistics(data))
+    data = runner.prepare_dataset(tiny(), "ta", recipe)
     trainer, _ = runner.fit_seed(data, runner.to_tensors(data), "bclstm", recipe, 1, None, None, False)
     assert math.isclose(trainer.best_score, best["valid_per_seed"][1], abs_tol=1e-9)
     on_disk = json.loads((tmp_path / "tune" / "tune.json").read_text())

@@ -143,11 +143,7 @@ def prepare_dataset(
     ``data.standardize`` (default true): z-score each modality with training-split
     statistics (see :mod:`merc.data.transforms`).
     """
-    data = (
-        load_dataset(dataset, modalities=modalities, data_root=data_root, show_progress=show_progress)
-        if isinstance(dataset, str)
-        else dataset.with_modalities(modalities)
-    )
+    data = load_run_data(dataset, modalities, data_root, show_progress)
     if standardizes(recipe):
         data = standardize_features(data, statistics=training_statistics(data))
     return data

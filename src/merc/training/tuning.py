@@ -381,13 +381,12 @@ class _Objective:
     def _data(self, recipe: dict[str, Any], show_progress: bool) -> tuple[Any, Any]:
         if self._prepared is None:
             from merc.data.batching import to_tensors
-            from merc.data.transforms import standardize_features
             from merc.training.data_checks import DataOptions, check_trainable
-            from merc.training.runner import load_run_data, standardizes, training_statistics
+            from merc.training.runner import load_run_data, prepare_dataset
 
             raw = load_run_data(self.dataset, self.modalities, self.data_root, show_progress)
             check_trainable(raw, DataOptions.from_recipe(recipe))
-            data = standardize_features(raw, statistics=training_statistics(raw)) if standardizes(recipe) else raw
+            data = prepare_dataset(raw, self.modalities, recipe)
             self._prepared = (data, to_tensors(data))
         return self._prepared
 
