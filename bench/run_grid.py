@@ -37,6 +37,9 @@ Run::
 
     .venv/bin/python bench/run_grid.py bench/grids/issue13-synthav.yaml --dry-run   # what is left, and its cost
     .venv/bin/python bench/run_grid.py bench/grids/issue13-synthav.yaml --jobs 2 --keep
+
+Several processes may work on one grid (a second worker started when a core frees): each
+skips, when its turn comes, a run another has finished or holds (its run folder's lock).
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from merc.training.run_folder import RunLock
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Keys of a group that become ``merc train`` arguments (``name``/``minutes`` are the spec's own).
@@ -151,6 +156,14 @@ def run_all(todo: Sequence[GridRun], runs_root: Path, jobs: int, keep: bool) -> 
     while queue or active:
         while queue and len(active) < jobs:
             run = queue.pop(0)
+            # Another grid process on the same spec may have finished it or be running it:
+            # several processes can share one grid (e.g. a second worker started later).
+            if not pending([run], runs_root):
+                print(f"{time.strftime('%H:%M:%S')} skipped (finished meanwhile): {run.name}", flush=True)
+                continue
+            if RunLock.held(runs_root / run.name):
+                print(f"{time.strftime('%H:%M:%S')} skipped (running in another process): {run.name}", flush=True)
+                continue
             active[_launch(run, runs_root, runs_root / "_logs")] = run
         time.sleep(2)
         for proc in [p for p in active if p.poll() is not None]:

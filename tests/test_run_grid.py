@@ -94,6 +94,36 @@ def test_run_all_runs_each_command_at_most_jobs_at_once(tmp_path: Path, monkeypa
     assert json.loads((tmp_path / "r-v" / "results.json").read_text()) == {}
 
 
+def test_run_all_skips_runs_another_worker_finished_or_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from merc.training.run_folder import RunLock
+
+    runs = run_grid.expand(
+        {"groups": [{"name": "r-{modalities}", "model": "m", "dataset": "d", "modalities": ["t", "a", "v"]}]}
+    )
+    script = (
+        "import pathlib, sys; out = pathlib.Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True);"
+        "(out / 'results.json').write_text('{}')"
+    )
+    monkeypatch.setattr(
+        run_grid.GridRun, "command", lambda self, root: [sys.executable, "-c", script, str(root / self.name)]
+    )
+    monkeypatch.setattr(run_grid.time, "sleep", lambda _: None)
+    (tmp_path / "r-t").mkdir()
+    (tmp_path / "r-t" / "results.json").write_text("{}")  # finished by another worker after the list was made
+    (tmp_path / "r-a").mkdir()
+    with RunLock(tmp_path / "r-a"):  # being run by another worker
+        assert RunLock.held(tmp_path / "r-a")
+        done = [run.name for run, _ in run_grid.run_all(runs, tmp_path, jobs=1, keep=False)]
+    assert done == ["r-v"]
+    printed = capsys.readouterr().out
+    assert "skipped (finished meanwhile): r-t" in printed and "skipped (running in another process): r-a" in printed
+    assert not RunLock.held(tmp_path / "r-a") and not RunLock.held(tmp_path / "r-v")
+    (tmp_path / "r-a" / "merc.lock").write_text('{"pid": 1}')  # a stale lock file: nobody holds it
+    assert not RunLock.held(tmp_path / "r-a")
+
+
 def test_every_grid_in_bench_expands() -> None:
     specs = sorted((BENCH / "grids").glob("*.yaml"))
     assert specs

@@ -381,6 +381,29 @@ class RunLock:
             return
         raise self._in_use(self._owner())
 
+    @classmethod
+    def held(cls, folder: str | Path) -> bool:
+        """Whether a live process holds the lock of ``folder`` now (a stale lock file is not held)."""
+        path = Path(folder) / LOCK_FILE
+        if not path.is_file():
+            return False
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: pid check only
+            owner = cls(folder)._owner()
+            return owner.get("host") == socket.gethostname() and _pid_alive(int(owner.get("pid", -1)))
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        finally:
+            os.close(fd)  # closing drops a lock this probe took
+        return False
+
     def release(self) -> None:
         """Remove the lock file and drop the lock (idempotent)."""
         if self._fd is None:
