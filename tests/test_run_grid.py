@@ -76,19 +76,24 @@ def test_pending_skips_runs_finished_in_the_run_folder_or_among_the_kept(tmp_pat
     assert [r.name for r in run_grid.pending(runs, root, kept)] == ["r-a"]
 
 
-def test_run_all_runs_each_command_at_most_jobs_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    runs = run_grid.expand(
-        {"groups": [{"name": "r-{modalities}", "model": "m", "dataset": "d", "modalities": ["t", "a", "v"]}]}
-    )
-    # A stand-in for merc train: writes the run folder's results.json, fails for "a".
-    script = (
-        "import json, pathlib, sys; out = pathlib.Path(sys.argv[1]); out.mkdir(parents=True);"
-        "sys.exit(3) if out.name == 'r-a' else (out / 'results.json').write_text(json.dumps({}))"
-    )
+def three_runs_of(monkeypatch: pytest.MonkeyPatch, script: str) -> list:
+    """Runs r-t, r-a, r-v whose command is ``python -c script RUN_FOLDER`` (a stand-in for merc train)."""
     monkeypatch.setattr(
         run_grid.GridRun, "command", lambda self, root: [sys.executable, "-c", script, str(root / self.name)]
     )
     monkeypatch.setattr(run_grid.time, "sleep", lambda _: None)
+    return run_grid.expand(
+        {"groups": [{"name": "r-{modalities}", "model": "m", "dataset": "d", "modalities": ["t", "a", "v"]}]}
+    )
+
+
+def test_run_all_runs_each_command_at_most_jobs_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A stand-in for merc train: writes the run folder's results.json, fails for "a".
+    runs = three_runs_of(
+        monkeypatch,
+        "import json, pathlib, sys; out = pathlib.Path(sys.argv[1]); out.mkdir(parents=True);"
+        "sys.exit(3) if out.name == 'r-a' else (out / 'results.json').write_text(json.dumps({}))",
+    )
     done = dict((run.name, code) for run, code in run_grid.run_all(runs, tmp_path, jobs=2, keep=False))
     assert done == {"r-t": 0, "r-a": 3, "r-v": 0}
     assert json.loads((tmp_path / "r-v" / "results.json").read_text()) == {}
@@ -99,17 +104,11 @@ def test_run_all_skips_runs_another_worker_finished_or_holds(
 ) -> None:
     from merc.training.run_folder import RunLock
 
-    runs = run_grid.expand(
-        {"groups": [{"name": "r-{modalities}", "model": "m", "dataset": "d", "modalities": ["t", "a", "v"]}]}
-    )
-    script = (
+    runs = three_runs_of(
+        monkeypatch,
         "import pathlib, sys; out = pathlib.Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True);"
-        "(out / 'results.json').write_text('{}')"
+        "(out / 'results.json').write_text('{}')",
     )
-    monkeypatch.setattr(
-        run_grid.GridRun, "command", lambda self, root: [sys.executable, "-c", script, str(root / self.name)]
-    )
-    monkeypatch.setattr(run_grid.time, "sleep", lambda _: None)
     (tmp_path / "r-t").mkdir()
     (tmp_path / "r-t" / "results.json").write_text("{}")  # finished by another worker after the list was made
     (tmp_path / "r-a").mkdir()
