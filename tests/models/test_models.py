@@ -120,17 +120,25 @@ def test_wrong_feature_dim_is_a_clear_error(name: str) -> None:
         model(batch)
 
 
+#: Learning rates of the overfitting test where 3e-3 is outside a model's range: CSS's
+#: degree-3 polynomial fusion diverges there (training loss 4.9 -> 36 within 10 epochs for
+#: torch seed 0; it recovered within 60 epochs on earlier sessions' machines, not on this one). Its
+#: recipe trains at 1e-4; at 1e-3 seeds 0, 1, 2 each fit the set fully.
+OVERFIT_LR = {"css": 1e-3}
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_overfits_a_tiny_set(name: str) -> None:
     ds = make_dataset((6, 9, 4, 8, 5), "tav", seed=2, separable=True)
     torch.manual_seed(0)
     model = _build(name, "tav")
+    lr = OVERFIT_LR.get(name, 0.003)
     trainer = Trainer(
         model,
         to_tensors(ds),
         ds.modalities,
         ds.num_classes,
-        TrainConfig(epochs=60, lr=0.003, batch_size=5, patience=0, show_progress=False, clip_grad_norm=5.0),
+        TrainConfig(epochs=60, lr=lr, batch_size=5, patience=0, show_progress=False, clip_grad_norm=5.0),
     )
     trainer.fit()
     assert trainer.evaluate(trainer.train_items)["accuracy"] >= 95.0
