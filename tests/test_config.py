@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from merc.config import apply_overrides, deep_merge, load_recipe, load_yaml
+from merc.config import apply_overrides, deep_merge, load_recipe, load_yaml, recipe_files
 from merc.errors import ConfigError
 from merc.evaluation.metrics import classification_metrics
 from merc.training import runner
@@ -18,7 +18,7 @@ from merc.training.trainer import SELECTION_METRICS, TrainConfig
 
 #: The checkout's recipes (not $MERC_CONFIG_DIR: these tests are about the files shipped).
 REAL_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-DATASET_RECIPES = sorted(p for p in REAL_CONFIGS.glob("*/*.yaml") if p.name != "default.yaml")
+DATASET_RECIPES = [p for p in recipe_files(REAL_CONFIGS) if p.name != "default.yaml"]
 
 DEFAULT_YAML = """\
 model:

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from merc.config import configs_dir, load_recipe
+from merc.config import load_recipe, recipe_files
 from merc.models import build_model, list_models
 from merc.training.trainer import TrainConfig
 
-# configs/tune/ holds search presets (merc tune), not a model's recipes: tests/test_tuning.py.
-RECIPES = sorted(p for p in configs_dir().glob("*/*.yaml") if p.parent.name != "tune")
+# configs/tune/ holds search presets (merc tune), not a model's recipes: tests/training/test_tuning.py.
+RECIPES = recipe_files()
 
 
 def test_recipes_exist_for_every_model() -> None:

@@ -45,6 +45,17 @@ def configs_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "configs"
 
 
+#: ``configs/`` folders that hold no model's recipes: ``merc tune``'s search presets.
+NON_MODEL_CONFIG_FOLDERS = ("tune",)
+
+
+def recipe_files(root: Path | None = None) -> list[Path]:
+    """Every model recipe under ``root`` (default :func:`configs_dir`): ``<model>/<name>.yaml``,
+    search presets (:data:`NON_MODEL_CONFIG_FOLDERS`) left out."""
+    root = configs_dir() if root is None else root
+    return sorted(p for p in root.glob("*/*.yaml") if p.parent.name not in NON_MODEL_CONFIG_FOLDERS)
+
+
 def recipe_path(model: str, dataset: str) -> Path | None:
     """The most specific recipe file for ``model`` x ``dataset``.
 
