@@ -15,9 +15,11 @@ import argparse
 import shutil
 from pathlib import Path
 
+from merc.evaluation.tables import TUNE_SUMMARY, TUNED_RUN
+
 KEPT = ("results.json", "config.yaml", "unimodal_vs_alone.json", "unimodal_vs_alone.md")
 #: What a `merc tune` search folder keeps besides its final run (kept as a run, in best/).
-KEPT_SEARCH = ("tune.json", "tune_spec.json", "tune.png")
+KEPT_SEARCH = (TUNE_SUMMARY, "tune_spec.json", "tune.png")
 DEFAULT_INTO = Path(__file__).resolve().parent / "results" / "runs"
 
 
@@ -25,14 +27,14 @@ def keep(run: Path, into: Path) -> Path | None:
     """Copy ``run``'s summaries into ``into / run.name``; ``None`` if the run has not finished.
 
     A ``merc tune`` folder (its ``tune.json``) keeps its search summary and plot, and its
-    final run ``best/`` as a run."""
-    if (run / "tune.json").is_file():
+    final run ``best/`` as a run (names from :mod:`merc.evaluation.tables`)."""
+    if (run / TUNE_SUMMARY).is_file():
         target = into / run.name
         target.mkdir(parents=True, exist_ok=True)
         for name in KEPT_SEARCH:
             if (run / name).is_file():
                 shutil.copyfile(run / name, target / name)
-        keep(run / "best", target)
+        keep(run / TUNED_RUN, target)
         return target
     if not (run / "results.json").is_file():
         return None

@@ -380,7 +380,7 @@ def cmd_imbalance(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from merc.training.tuning import SearchParameter, load_preset, tune
+    from merc.training.tuning import SearchParameter, format_value, load_preset, tune
 
     params, preset_overrides = load_preset(args.space) if args.space else ([], [])
     params += [SearchParameter.parse(text) for text in args.param]
@@ -402,7 +402,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         report=lambda line: print(line, flush=True),
     )
     best = summary["best"]
-    shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
+    shown = ", ".join(f"{k}={format_value(v)}" for k, v in best["params"].items())
     print(f"best of {len(summary['trials'])} trials: {shown} (valid {best['valid']:.2f}; trial {best['number']})")
     if "final" in summary:
         test = summary["final"]["test"]

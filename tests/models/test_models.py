@@ -121,27 +121,45 @@ def test_wrong_feature_dim_is_a_clear_error(name: str) -> None:
 
 
 #: Learning rates of the overfitting test where 3e-3 is outside a model's range: CSS's
-#: degree-3 polynomial fusion diverges there (training loss 4.9 -> 36 within 10 epochs for
-#: torch seed 0; it recovered within 60 epochs on earlier sessions' machines, not on this one). Its
-#: recipe trains at 1e-4; at 1e-3 seeds 0, 1, 2 each fit the set fully.
+#: degree-3 polynomial fusion diverges there, and whether it recovers within 60 epochs
+#: depended on the machine (it did on earlier sessions' machines, not on a later one).
+#: Its recipe trains at 1e-4; test_css_fits_the_tiny_set_at_this_rate_for_three_seeds
+#: checks the rate used here.
 OVERFIT_LR = {"css": 1e-3}
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_overfits_a_tiny_set(name: str) -> None:
+def _tiny_set_accuracy(name: str, seed: int = 0) -> float:
+    """Training accuracy after 60 epochs on five separable dialogues."""
     ds = make_dataset((6, 9, 4, 8, 5), "tav", seed=2, separable=True)
-    torch.manual_seed(0)
-    model = _build(name, "tav")
-    lr = OVERFIT_LR.get(name, 0.003)
+    model = _build(name, "tav", seed=seed)
     trainer = Trainer(
         model,
         to_tensors(ds),
         ds.modalities,
         ds.num_classes,
-        TrainConfig(epochs=60, lr=lr, batch_size=5, patience=0, show_progress=False, clip_grad_norm=5.0),
+        TrainConfig(
+            epochs=60,
+            lr=OVERFIT_LR.get(name, 0.003),
+            batch_size=5,
+            patience=0,
+            show_progress=False,
+            clip_grad_norm=5.0,
+        ),
     )
     trainer.fit()
-    assert trainer.evaluate(trainer.train_items)["accuracy"] >= 95.0
+    return float(trainer.evaluate(trainer.train_items)["accuracy"])
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_overfits_a_tiny_set(name: str) -> None:
+    assert _tiny_set_accuracy(name) >= 95.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2])
+def test_css_fits_the_tiny_set_at_this_rate_for_three_seeds(seed: int) -> None:
+    """The other seeds of OVERFIT_LR["css"] (seed 0 is test_overfits_a_tiny_set's)."""
+    assert _tiny_set_accuracy("css", seed) >= 95.0
 
 
 # -- the modality contract: encode each modality, then fuse ---------------------------------

@@ -171,6 +171,23 @@ def test_a_trial_cut_off_is_marked_failed_and_the_search_goes_on(tmp_path, monke
     assert [r["number"] for r in summary["trials"]] == [0, 2, 3]
 
 
+def test_an_interrupted_final_run_is_recorded_and_finished_by_the_next_call(tmp_path, monkeypatch) -> None:
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_experiment", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        search(tmp_path, trials=2)
+    recorded = json.loads((tmp_path / "tune" / "tune.json").read_text())["final"]
+    assert "test" not in recorded  # what the final run was training, before it ended
+    assert recorded["overrides"][-2:] == as_overrides(
+        json.loads((tmp_path / "tune" / "tune.json").read_text())["best"]["params"]
+    )
+    monkeypatch.undo()
+    summary = search(tmp_path, trials=2)
+    assert summary["final"]["overrides"] == recorded["overrides"] and summary["final"]["test"]["weighted_f1"]
+
+
 def test_another_search_in_the_same_folder_is_refused(tmp_path) -> None:
     search(tmp_path, trials=1)
     with pytest.raises(RunFolderError, match="another search|other settings"):

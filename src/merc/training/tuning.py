@@ -51,9 +51,7 @@ log = logging.getLogger(__name__)
 
 STUDY_FILE = "study.journal"
 SPEC_FILE = "tune_spec.json"
-SUMMARY_FILE = TUNE_SUMMARY
 PLOT_FILE = "tune.png"
-FINAL_RUN = TUNED_RUN
 STUDY_NAME = "merc-tune"
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
@@ -277,7 +275,7 @@ def tune(
         for _ in range(max(0, trials - done)):
             trial = study.ask()
             values = {p.key: p.suggest(trial) for p in params}
-            shown = ", ".join(f"{k}={_fmt(v)}" for k, v in values.items())
+            shown = ", ".join(f"{k}={format_value(v)}" for k, v in values.items())
             log.info("trial %d: %s", trial.number, shown)
             try:
                 score, record = objective(values, show_progress)
@@ -290,20 +288,25 @@ def tune(
             if report is not None:
                 report(f"trial {trial.number}: {shown} -> valid {selection_metric} {score:.2f}")
         summary = summarise_study(study, params, selection_metric, spec)
-        atomic_write_json(out / SUMMARY_FILE, summary)
+        atomic_write_json(out / TUNE_SUMMARY, summary)
         plot_study(summary, out / PLOT_FILE)
     if final_seeds:
         best_overrides = [*overrides, *as_overrides(summary["best"]["params"])]
         # A continued search can find better values: the final run of the old ones is replaced.
         stale = previous_final is not None and previous_final != best_overrides
         if stale:
-            log.warning("the best values changed since the last final run: %s is trained again", out / FINAL_RUN)
+            log.warning("the best values changed since the last final run: %s is trained again", out / TUNED_RUN)
+        # Recorded before the run starts, so that a continued search knows what an
+        # interrupted final run was training.
+        summary["final"] = {"run": TUNED_RUN, "overrides": best_overrides, "seeds": list(final_seeds)}
+        with RunLock(out):
+            atomic_write_json(out / TUNE_SUMMARY, summary)
         results = run_experiment(
             model,
             dataset,
             mods,
             final_seeds,
-            out / FINAL_RUN,
+            out / TUNED_RUN,
             data_root=data_root,
             overrides=best_overrides,
             recipe_path=recipe_path,
@@ -311,22 +314,16 @@ def tune(
             show_progress=show_progress,
             overwrite=stale,
         )
-        summary["final"] = {
-            "run": FINAL_RUN,
-            "overrides": best_overrides,
-            "seeds": list(final_seeds),
-            "test": results["test"],
-            "valid": results["valid"],
-        }
+        summary["final"].update(test=results["test"], valid=results["valid"])
         with RunLock(out):
-            atomic_write_json(out / SUMMARY_FILE, summary)
+            atomic_write_json(out / TUNE_SUMMARY, summary)
     return summary
 
 
 def _previous_final_overrides(out: Path) -> list[str] | None:
     """The overrides of the final run a previous search wrote into ``tune.json`` (``None``: none)."""
     try:
-        final = json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8")).get("final")
+        final = json.loads((out / TUNE_SUMMARY).read_text(encoding="utf-8")).get("final")
     except (OSError, ValueError):
         return None
     return list(final["overrides"]) if isinstance(final, dict) and "overrides" in final else None
@@ -345,7 +342,8 @@ def _bound(p: SearchParameter, value: float | None) -> Any:
     return int(value) if p.kind == "int" else value
 
 
-def _fmt(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A searched value as the trial lines show it (floats to 4 significant digits)."""
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
